@@ -1,0 +1,1 @@
+//! vdfw control plane (REST + gRPC, stores, vdfwctl).

@@ -1,0 +1,1 @@
+//! vdfw policy engine.

@@ -1,0 +1,1 @@
+//! vdfw data plane: the vhost-user virtio-net backend and the packet pipeline.
