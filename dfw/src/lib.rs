@@ -1,1 +1,6 @@
 //! vdfw policy engine.
+//!
+//! Pure logic: no I/O, no threads, no clock reads. Callers pass time in, so timeouts are
+//! tested with a fake clock.
+
+pub mod flow;
