@@ -6,8 +6,9 @@
 //! guest that has run out of RX buffers: frames wait until the guest posts buffers (RX kick),
 //! and when `capacity` frames wait, new ones are dropped and counted (`backlog_full`).
 //!
-//! Frame buffers are recycled through a free list, so once warmed up the data path does not
-//! allocate: a buffer only grows the first time it carries a larger frame.
+//! Frame buffers are allocated on first use (at most `capacity` of them) and then recycled
+//! through a free list, so once warmed up the data path does not allocate: a buffer only grows
+//! the first time it carries a larger frame. Memory is bounded by capacity x 64 KiB.
 
 use std::collections::VecDeque;
 use std::io;
@@ -18,8 +19,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::offload::FrameMeta;
 
-/// Default number of frames a vNIC may have waiting.
-pub const DEFAULT_INBOX_CAPACITY: usize = 256;
+/// Default number of frames a vNIC may have waiting: one full 1024-entry ring's worth, so a
+/// sender's TX burst is not dropped just because the receiver's worker has not run yet.
+pub const DEFAULT_INBOX_CAPACITY: usize = 1024;
 /// Initial size of each recycled buffer: a full-MTU frame.
 const INITIAL_BUF: usize = 2048;
 
@@ -33,6 +35,8 @@ pub struct InboxFrame {
 struct Inner {
     queue: VecDeque<InboxFrame>,
     free: Vec<Vec<u8>>,
+    /// Buffers in existence (queued, free, or popped by the consumer).
+    allocated: usize,
 }
 
 /// Bounded multi-producer, single-consumer frame queue with an eventfd doorbell.
@@ -51,10 +55,9 @@ impl Inbox {
         let capacity = capacity.max(1);
         Ok(Inbox {
             inner: Mutex::new(Inner {
-                queue: VecDeque::with_capacity(capacity),
-                free: (0..capacity)
-                    .map(|_| Vec::with_capacity(INITIAL_BUF))
-                    .collect(),
+                queue: VecDeque::new(),
+                free: Vec::new(),
+                allocated: 0,
             }),
             wake: EventFd::new(EFD_NONBLOCK)?,
             capacity,
@@ -83,8 +86,16 @@ impl Inbox {
         fill: impl FnOnce(&mut Vec<u8>) -> Option<FrameMeta>,
     ) -> Result<bool, InboxFull> {
         let mut inner = self.lock();
-        let Some(mut data) = inner.free.pop() else {
+        if inner.queue.len() >= self.capacity {
             return Err(InboxFull);
+        }
+        let mut data = match inner.free.pop() {
+            Some(d) => d,
+            None if inner.allocated < self.capacity => {
+                inner.allocated += 1;
+                Vec::with_capacity(INITIAL_BUF)
+            }
+            None => return Err(InboxFull),
         };
         data.clear();
         let Some(meta) = fill(&mut data) else {
@@ -113,10 +124,7 @@ impl Inbox {
     }
 
     pub fn recycle(&self, data: Vec<u8>) {
-        let mut inner = self.lock();
-        if inner.free.len() + inner.queue.len() < self.capacity {
-            inner.free.push(data);
-        }
+        self.lock().free.push(data);
     }
 
     /// Drops every waiting frame (the frontend went away); returns how many were dropped.

@@ -13,6 +13,7 @@
 
 pub mod checksum;
 pub mod counters;
+pub mod device;
 pub mod filter;
 pub mod inbox;
 pub mod mac;
