@@ -12,7 +12,9 @@
 //! * [`config`] and [`dataplane`]: what the `vdfwd` binary (and later the API) drives.
 
 pub mod checksum;
+pub mod config;
 pub mod counters;
+pub mod dataplane;
 pub mod device;
 pub mod filter;
 pub mod inbox;
@@ -25,3 +27,4 @@ pub mod port;
 pub mod reject;
 pub mod spoof;
 pub mod switch;
+pub mod uplink;
