@@ -481,3 +481,28 @@ fn ring_of_1024_entries() {
         assert_eq!(b.recv().1, tcp_frame(1, 2, &i.to_be_bytes()));
     }
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn reconnects_do_not_leak_fds_or_threads() {
+    let mut net = Net::new();
+    let (pb, b) = net.vnic(2, GuestConfig::full());
+    drop(b);
+    wait_for("disconnect", || !pb.is_rx_ready());
+    let threads = || std::fs::read_dir("/proc/self/task").unwrap().count();
+    let (fds0, th0) = (open_fds(), threads());
+    for _ in 0..20 {
+        let b = TestVm::connect(&net.sock(2), GuestConfig::full());
+        wait_rx_ready(&pb);
+        drop(b);
+        wait_for("disconnect", || !pb.is_rx_ready());
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let (fds1, th1) = (open_fds(), threads());
+    eprintln!("fds {fds0} -> {fds1}, threads {th0} -> {th1}");
+    assert!(fds1 <= fds0 + 2, "fd leak: {fds0} -> {fds1}");
+    assert!(th1 <= th0 + 1, "thread leak: {th0} -> {th1}");
+}

@@ -12,6 +12,7 @@
 //! workers is a one-line change.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -65,6 +66,10 @@ pub(crate) struct Session {
     /// Set when the connection ended: late events from the old worker do nothing.
     closed: AtomicBool,
     exit_notifiers: Mutex<Vec<EventNotifier>>,
+    /// Raw fds of the exit-event consumers handed to the crate, which registers them in the
+    /// worker's epoll with `into_raw_fd()` and never closes them (one fd leaked per session in
+    /// vhost-user-backend 0.24). We close them once the session is over.
+    exit_consumer_fds: Mutex<Vec<RawFd>>,
 }
 
 /// The vhost-user backend of one vNIC for one frontend session.
@@ -91,6 +96,7 @@ impl VnicBackend {
             }),
             closed: AtomicBool::new(false),
             exit_notifiers: Mutex::new(Vec::new()),
+            exit_consumer_fds: Mutex::new(Vec::new()),
         }))
     }
 
@@ -114,6 +120,14 @@ impl VnicBackend {
         }
         for n in lock(&s.exit_notifiers).iter() {
             let _ = n.notify();
+        }
+        // The workers only wait for readiness of the exit eventfd, which the notifier fds keep
+        // alive, so closing the consumer fds now cannot make them miss the exit. `take` makes
+        // sure each fd number is closed once, never a reused one.
+        for fd in std::mem::take(&mut *lock(&s.exit_consumer_fds)) {
+            // SAFETY: `fd` is the consumer fd we created in `exit_event`; the crate converted
+            // it with `into_raw_fd()` and never closes it, and nobody else knows its number.
+            unsafe { libc::close(fd) };
         }
         s.port.set_rx_ready(false);
         s.port.set_acked_features(0);
@@ -376,6 +390,7 @@ impl VhostUserBackend for VnicBackend {
         let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
         let keep = notifier.try_clone().ok()?;
         lock(&self.0.exit_notifiers).push(keep);
+        lock(&self.0.exit_consumer_fds).push(consumer.as_raw_fd());
         Some((consumer, notifier))
     }
 

@@ -3,6 +3,8 @@
 //! * [`backend`]: the `VhostUserBackend` implementation (features, config space, the TX and RX
 //!   virtqueue handlers);
 //! * [`queues`]: copying frames out of TX chains and into RX chains, hostile-input safe;
+//! * [`shim`]: relays vhost-user messages between the frontend and the crate's handler,
+//!   papering over QEMU's early `SET_VRING_ENABLE`;
 //! * [`runner`]: the socket roles — vdfwd listening (QEMU `-chardev socket,path=`) or
 //!   connecting to a listening frontend (QEMU `server=on`) — with reconnect.
 //!
@@ -24,6 +26,7 @@
 pub mod backend;
 pub mod queues;
 pub mod runner;
+pub mod shim;
 
 pub use backend::VnicBackend;
 pub use runner::{SocketRole, VnicRunner};

@@ -227,22 +227,25 @@ pub struct TestVm {
 impl TestVm {
     /// Connects to a backend listening on `path` (vdfwd listen role).
     pub fn connect(path: &Path, cfg: GuestConfig) -> TestVm {
-        let fe = Frontend::connect(path, 2).unwrap();
-        Self::setup(fe, cfg)
+        let stream = UnixStream::connect(path).unwrap();
+        Self::from_stream(stream, cfg)
     }
 
     /// Uses an accepted connection (vdfwd connect role).
     pub fn from_stream(stream: UnixStream, cfg: GuestConfig) -> TestVm {
-        Self::setup(Frontend::from_stream(stream, 2), cfg)
+        let raw = stream.try_clone().unwrap();
+        Self::setup(Frontend::from_stream(stream, 2), raw, cfg)
     }
 
-    fn setup(mut fe: Frontend, cfg: GuestConfig) -> TestVm {
+    /// Negotiates like QEMU 7.2's vhost-user net: including the `SET_VRING_ENABLE` it sends
+    /// when the device is realized, before `SET_FEATURES` (written raw on `raw`, since the
+    /// vhost crate's frontend refuses to send it that early).
+    fn setup(mut fe: Frontend, raw: UnixStream, cfg: GuestConfig) -> TestVm {
         let mem = guest_ram(RAM_SIZE);
         let q = cfg.queue_size;
         let rx = Ring::new(q, 0x0, 1 << 20, 6 << 20);
         let tx = Ring::new(q, 0x8_0000, 8 << 20, 7 << 20);
 
-        fe.set_owner().unwrap();
         let offered = fe.get_features().unwrap();
         assert_ne!(
             offered & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(),
@@ -257,6 +260,15 @@ impl TestVm {
                 | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS),
         )
         .unwrap();
+        fe.set_owner().unwrap();
+        for q in 0..2u32 {
+            // VHOST_USER_SET_VRING_ENABLE (18), flags VERSION, 8-byte payload {index, enable}.
+            let mut m = Vec::new();
+            for w in [18u32, 1, 8, q, 1] {
+                m.extend_from_slice(&w.to_le_bytes());
+            }
+            std::io::Write::write_all(&mut &raw, &m).unwrap();
+        }
         // Every message below waits for the backend's ack, so setup is synchronous.
         fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         let features = (offered & cfg.features) | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
