@@ -4,3 +4,4 @@
 //! tested with a fake clock.
 
 pub mod flow;
+pub mod model;
