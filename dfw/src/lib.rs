@@ -3,4 +3,5 @@
 //! Pure logic: no I/O, no threads, no clock reads. Callers pass time in, so timeouts are
 //! tested with a fake clock.
 
+pub mod conntrack;
 pub mod flow;
