@@ -80,7 +80,7 @@ impl Table {
         let capacity = capacity as usize;
         Self {
             slots: Vec::with_capacity(capacity),
-            free: Vec::new(),
+            free: Vec::with_capacity(capacity),
             index: Index::with_capacity(capacity * 2),
             hasher,
             zones: HashMap::default(),
