@@ -171,6 +171,10 @@ fn console_survives_timeouts_and_backend_restarts() {
     let ps = ga.exec_ok("ps", Duration::from_secs(10)).unwrap();
     assert!(!ps.contains("sleep 60"), "{ps}");
 
+    // QEMU's monitor answers through QMP.
+    let net = ga.hmp("info network").unwrap();
+    assert!(net.contains("n0") && net.contains("vhost-user"), "{net}");
+
     // Backend restart: both guests re-attach (ga by QEMU's reconnect, gb by testpmd's client mode).
     drop(tp);
     assert_eq!(
