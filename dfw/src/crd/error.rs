@@ -129,8 +129,11 @@ impl Path {
     }
 }
 
+/// Keys printed bare after a dot; anything else is printed as `["key"]`.
 fn is_simple_key(key: &str) -> bool {
-    !key.is_empty()
+    key.bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')

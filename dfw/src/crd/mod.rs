@@ -40,8 +40,8 @@
 
 mod antrea;
 mod cilium;
-mod de;
-mod error;
+pub(crate) mod de;
+pub(crate) mod error;
 mod k8s;
 pub(crate) mod meta;
 mod ruleid;
@@ -164,6 +164,11 @@ pub fn parse_files(
             warnings: state.warnings,
         })
     } else {
+        // Cross-document errors (tiers) are found last; report in file and line order.
+        let order = |file: &str| files.iter().position(|(f, _)| *f == file);
+        state
+            .errors
+            .sort_by_key(|e| (order(&e.file), e.document, e.line, e.column));
         Err(state.errors)
     }
 }
