@@ -380,6 +380,10 @@ endpoints:
         assert_eq!(e.path, "endpoints[0].ports.http");
         let e = err("endpoints:\n  - name: a\n    ports: {http: {port: 80, protocol: ICMP}}\n");
         assert_eq!(e.path, "endpoints[0].ports.http.protocol");
+        let e = err("endpoints:\n  - name: a\n    ports:\n      dns: {port: 53, prot: UDP}\n");
+        assert_eq!(e.kind, ErrorKind::UnknownField);
+        assert_eq!(e.path, "endpoints[0].ports.dns.prot");
+        assert_eq!((e.line, e.column), (4, 23));
         let e = err("endpoints:\n  - name: a\n    mac: '01:00:5e:00:00:01'\n");
         assert_eq!(e.path, "endpoints[0].mac");
         let e = err("endpoints:\n  - name: a\n    kind: container\n");

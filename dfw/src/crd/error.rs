@@ -6,10 +6,12 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use super::yaml::{Mark, Node, Value};
 
 /// What went wrong, so callers (the API) can map errors to status codes without parsing text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum ErrorKind {
     /// Not well-formed YAML/JSON (or a YAML feature vdfw refuses: unknown tags, deep nesting).
@@ -37,7 +39,7 @@ pub enum ErrorKind {
 /// Rendered as `file: document N (line L, column C): path: message`, where `N` is one-based
 /// (the first document of a file is "document 1"), unlike [`crate::model::Source::document`],
 /// which is zero-based.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub struct ParseError {
     pub file: String,
     /// Zero-based index of the document in the file.

@@ -456,6 +456,16 @@ mod tests {
     }
 
     #[test]
+    fn crlf_and_bom_keep_lines_right() {
+        let docs = load("\u{feff}a: 1\r\n---\r\nb:\r\n  c: 2\r\n").unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].root.get("a").unwrap().scalar_text(), Some("1"));
+        let c = docs[1].root.get("b").unwrap().get("c").unwrap();
+        assert_eq!(c.mark, Mark { line: 4, column: 6 });
+        assert_eq!(c.scalar_text(), Some("2"));
+    }
+
+    #[test]
     fn json_with_tabs_parses() {
         let docs = load("{\n\t\"a\": [1, {\"b\": \"c\"}]\n}\n").unwrap();
         assert_eq!(docs.len(), 1);

@@ -168,6 +168,18 @@ fn sets_are_all_or_nothing_and_report_every_error() {
     let errors = parse_files(&[("multi.yaml", &text)], &ParseOptions::default()).unwrap_err();
     let docs: Vec<usize> = errors.iter().map(|e| e.document).collect();
     assert_eq!(docs, [0, 2]);
+    // Set-level errors (unknown tier) are reported in file order with the rest.
+    let tiered = "apiVersion: crd.antrea.io/v1beta1\nkind: ClusterNetworkPolicy\nmetadata: {name: t}\nspec:\n  tier: nope\n  priority: 1\n  appliedTo: [{podSelector: {}}]\n";
+    let text = format!("{tiered}---\n{bad1}");
+    let errors = parse_files(&[("t.yaml", &text)], &ParseOptions::default()).unwrap_err();
+    let found: Vec<(usize, ErrorKind)> = errors.iter().map(|e| (e.document, e.kind)).collect();
+    assert_eq!(
+        found,
+        [
+            (0, ErrorKind::UnknownReference),
+            (1, ErrorKind::InvalidValue)
+        ]
+    );
 }
 
 #[test]
