@@ -10,8 +10,8 @@
 //! No I/O here: callers read the files and pass the text in.
 //!
 //! # Formats
-//! Kubernetes NetworkPolicy ([`k8s`]), Antrea NetworkPolicy / ClusterNetworkPolicy / Tier /
-//! ClusterGroup / Group ([`antrea`]), Cilium (Clusterwide)NetworkPolicy ([`cilium`]); each
+//! Kubernetes NetworkPolicy (`crd/k8s.rs`), Antrea NetworkPolicy / ClusterNetworkPolicy / Tier /
+//! ClusterGroup / Group (`crd/antrea.rs`), Cilium (Clusterwide)NetworkPolicy (`crd/cilium.rs`); each
 //! module documents its semantics. Fields are checked strictly: unknown fields, bad values and
 //! forbidden combinations are errors naming file, document, line, column and field path
 //! ([`ParseError`]). Fields that are valid upstream but not enforced by vdfw (L7, FQDN, ...)
@@ -30,7 +30,7 @@
 //!   priority immutable and refuses to delete a Tier that policies reference, so the callers
 //!   (API store) must enforce the same two rules; in exchange the compiler never sees an
 //!   unresolved tier. A Tier in the set that redefines a known tier's priority is an error.
-//! - **Rule identity**: see [`ruleid`]; content-derived, stable under re-ordering and under
+//! - **Rule identity**: see `crd/ruleid.rs`; content-derived, stable under re-ordering and under
 //!   edits of other rules.
 //! - **Rule names**: Antrea `name` if given, else `<field>-<index>` (`ingress-0`,
 //!   `egressDeny-1`; Cilium rules of `specs[i]` in a multi-spec object get `spec<i>-`).
