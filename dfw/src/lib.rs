@@ -4,5 +4,7 @@
 //! tested with a fake clock.
 
 pub mod conntrack;
+pub mod crd;
 pub mod flow;
+pub mod inventory;
 pub mod model;
