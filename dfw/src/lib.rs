@@ -3,5 +3,7 @@
 //! Pure logic: no I/O, no threads, no clock reads. Callers pass time in, so timeouts are
 //! tested with a fake clock.
 
+pub mod compile;
 pub mod flow;
+pub mod identity;
 pub mod model;
