@@ -60,7 +60,6 @@ struct SelEntry {
     tokens: Vec<u64>,
     refs: u32,
     members: BTreeSet<Identity>,
-    dirty: bool,
     /// Policies using this selector in an appliedTo (with use counts).
     applied_users: BTreeMap<PolicyId, u32>,
 }
@@ -73,7 +72,6 @@ struct SelectorCache {
     pending: Vec<SelectorId>,
     by_sel: HashMap<EndpointSelector, SelectorId>,
     by_token: HashMap<u64, BTreeSet<SelectorId>>,
-    snap: Arc<Vec<Arc<[Identity]>>>,
 }
 
 impl SelectorCache {
@@ -109,7 +107,7 @@ struct CRule {
     meta: Arc<RuleRef>,
     section: usize,
     ports: Arc<[CPort]>,
-    port_keys: Box<[u32]>,
+    port_keys: Box<[(u32, bool)]>,
     applied: Option<Vec<SelectorId>>,
     peers: CPeers,
 }
@@ -196,7 +194,10 @@ pub struct Engine {
     groups: BTreeMap<GroupKey, Group>,
     tiers: BTreeMap<String, Tier>,
     empty_tables: Arc<IdentityTables>,
+    /// Identities whose realized tables must be rebuilt.
     dirty_ids: BTreeSet<Identity>,
+    /// Identities whose selector memberships changed (their `IdentityInfo` is rebuilt).
+    info_dirty: BTreeSet<Identity>,
     snap_endpoints: Arc<Vec<Option<Arc<EndpointEntry>>>>,
     snap_by_ip: Arc<FastMap<IpAddr, u32>>,
     snap_by_key: Arc<HashMap<EndpointKey, u32>>,
@@ -245,6 +246,7 @@ impl Engine {
             tiers: BTreeMap::new(),
             empty_tables: Arc::new(IdentityTables::default()),
             dirty_ids: BTreeSet::new(),
+            info_dirty: BTreeSet::new(),
             snap_endpoints: Arc::new(Vec::new()),
             snap_by_ip: Arc::new(FastMap::default()),
             snap_by_key: Arc::new(HashMap::new()),
@@ -334,24 +336,6 @@ impl Engine {
         if let Some(s) = &self.snapshot {
             return s.clone();
         }
-        let dirty: Vec<SelectorId> = self
-            .sels
-            .entries
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.as_ref().is_some_and(|e| e.dirty))
-            .map(|(i, _)| i as SelectorId)
-            .collect();
-        if !dirty.is_empty() || self.sels.snap.len() < self.sels.entries.len() {
-            let snap = Arc::make_mut(&mut self.sels.snap);
-            snap.resize_with(self.sels.entries.len(), || Arc::from(Vec::new()));
-            for id in dirty {
-                if let Some(e) = self.sels.entries[id as usize].as_mut() {
-                    e.dirty = false;
-                    snap[id as usize] = e.members.iter().copied().collect::<Vec<_>>().into();
-                }
-            }
-        }
         let s = Arc::new(PolicySnapshot {
             generation: self.generation,
             config: self.config.clone(),
@@ -359,7 +343,6 @@ impl Engine {
             endpoints: self.snap_endpoints.clone(),
             by_ip: self.snap_by_ip.clone(),
             by_key: self.snap_by_key.clone(),
-            selectors: self.sels.snap.clone(),
         });
         self.snapshot = Some(s.clone());
         s
@@ -586,6 +569,7 @@ impl Engine {
                 identity: id,
                 ns,
                 tokens: Box::new([]),
+                matched: Box::new([]),
             }),
             key,
         };
@@ -639,7 +623,6 @@ impl Engine {
         for s in &matched {
             if let Some(e) = self.sels.get_mut(*s) {
                 e.members.insert(id);
-                e.dirty = true;
             }
         }
         let mut peer_tokens = tokens.clone();
@@ -652,6 +635,7 @@ impl Engine {
             identity: id,
             ns: st.ns,
             tokens: peer_tokens.into_boxed_slice(),
+            matched: matched.iter().copied().collect(),
         });
         st.tokens = tokens;
         st.matched = matched;
@@ -666,7 +650,6 @@ impl Engine {
         for s in matched {
             if let Some(e) = self.sels.get_mut(s) {
                 e.members.remove(&id);
-                e.dirty = true;
             }
         }
         for t in tokens {
@@ -709,6 +692,7 @@ impl Engine {
                 st.matched.insert(id);
             }
         }
+        self.info_dirty.extend(members.iter().copied());
         for t in &tokens {
             self.sels.by_token.entry(*t).or_default().insert(id);
         }
@@ -718,7 +702,6 @@ impl Engine {
             tokens,
             refs: 1,
             members,
-            dirty: true,
             applied_users: BTreeMap::new(),
         });
         id
@@ -749,6 +732,7 @@ impl Engine {
                     st.matched.remove(&id);
                 }
             }
+            self.info_dirty.extend(e.members.iter().copied());
             for t in &e.tokens {
                 if let Some(set) = self.sels.by_token.get_mut(t) {
                     set.remove(&id);
@@ -758,9 +742,6 @@ impl Engine {
                 }
             }
             self.sels.by_sel.remove(&e.sel);
-            if let Some(slot) = Arc::make_mut(&mut self.sels.snap).get_mut(id as usize) {
-                *slot = Arc::from(Vec::new());
-            }
             self.sels.free.push(id);
         }
     }
@@ -979,8 +960,9 @@ impl Engine {
             self.uncompile_policy(&p.key);
             self.compile_policy(p, &mut report.warnings);
         }
-        report.recomputed_identities = self.flush();
+        // Selectors no compiled rule uses any more can go before tables are rebuilt.
         self.reclaim_selectors();
+        report.recomputed_identities = self.flush();
         self.invalidate();
         Ok(report)
     }
@@ -1145,13 +1127,14 @@ impl Engine {
                 .collect();
             let mut port_keys = Vec::new();
             if ports.is_empty() {
-                port_keys.push(portkey::ANY);
+                port_keys.push((portkey::ANY, true));
             }
             for p in &ports {
                 p.keys(&mut port_keys);
             }
-            port_keys.sort_unstable();
-            port_keys.dedup();
+            // One entry per key; proven if any port entry filed there proves it.
+            port_keys.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            port_keys.dedup_by_key(|k| k.0);
             let rule_applied = r
                 .applied_to
                 .as_ref()
@@ -1225,21 +1208,42 @@ impl Engine {
     // Realization
     // -----------------------------------------------------------------------------------------
 
-    /// Rebuild the tables of every dirty identity. Returns how many were rebuilt.
+    /// Rebuild the tables of every dirty identity and the peer info of every identity whose
+    /// selector memberships changed; refresh their endpoints' entries. Returns how many
+    /// tables were rebuilt.
     fn flush(&mut self) -> usize {
         let dirty = std::mem::take(&mut self.dirty_ids);
+        let info_dirty = std::mem::take(&mut self.info_dirty);
         let mut n = 0;
-        for id in dirty {
-            if !self.ids.contains_key(&id) {
+        for id in &dirty {
+            if !self.ids.contains_key(id) {
                 continue;
             }
-            let tables = self.build_tables(id);
-            let Some(st) = self.ids.get_mut(&id) else {
-                continue;
+            let tables = self.build_tables(*id);
+            if let Some(st) = self.ids.get_mut(id) {
+                st.tables = tables;
+                n += 1;
+            }
+        }
+        for id in &info_dirty {
+            if let Some(st) = self.ids.get_mut(id) {
+                let matched: Box<[u32]> = st.matched.iter().copied().collect();
+                if *st.info.matched != *matched {
+                    st.info = Arc::new(IdentityInfo {
+                        identity: *id,
+                        ns: st.ns,
+                        tokens: st.info.tokens.clone(),
+                        matched,
+                    });
+                }
+            }
+        }
+        let touched: BTreeSet<Identity> = dirty.into_iter().chain(info_dirty).collect();
+        for id in touched {
+            let slots: Vec<u32> = match self.ids.get(&id) {
+                Some(st) => st.slots.iter().copied().collect(),
+                None => continue,
             };
-            st.tables = tables;
-            let slots: Vec<u32> = st.slots.iter().copied().collect();
-            n += 1;
             for slot in slots {
                 self.refresh_entry(slot);
             }

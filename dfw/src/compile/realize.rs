@@ -109,20 +109,30 @@ impl CPort {
         }
     }
 
-    /// The port keys this entry is filed under.
-    pub fn keys(&self, out: &mut Vec<u32>) {
+    /// The port keys this entry is filed under, each with whether being found under that
+    /// key already proves the port match (exact protocol/port from this entry, no
+    /// source-port condition), so the classifier can skip the residual check.
+    pub fn keys(&self, out: &mut Vec<(u32, bool)>) {
         use portkey::{key, ANY_PROTO, WILD};
+        let no_src = self.src.is_none();
         let proto = match self.proto {
             ProtoM::Any => None,
             ProtoM::Num(n) => Some(n),
-            ProtoM::Icmp { num, .. } => {
-                out.push(key(num as u32, WILD));
+            ProtoM::Icmp {
+                num,
+                icmp_type,
+                icmp_code,
+            } => {
+                let proven = no_src && icmp_type.is_none() && icmp_code.is_none();
+                out.push((key(num as u32, WILD), proven));
                 return;
             }
         };
         match (proto, self.dst) {
-            (None, DstM::Any) | (None, DstM::Named(_)) => out.push(key(ANY_PROTO, WILD)),
-            (Some(p), DstM::Any) | (Some(p), DstM::Named(_)) => out.push(key(p as u32, WILD)),
+            (None, DstM::Any) => out.push((key(ANY_PROTO, WILD), no_src)),
+            (None, DstM::Named(_)) => out.push((key(ANY_PROTO, WILD), false)),
+            (Some(p), DstM::Any) => out.push((key(p as u32, WILD), no_src)),
+            (Some(p), DstM::Named(_)) => out.push((key(p as u32, WILD), false)),
             (p, DstM::Range(r)) => {
                 let protos: &[u8] = match &p {
                     Some(p) => std::slice::from_ref(p),
@@ -130,12 +140,16 @@ impl CPort {
                 };
                 let narrow = (r.end as u32).saturating_sub(r.start as u32) < EXPAND_RANGE;
                 for p in protos {
+                    // A port-bound entry of a port-less protocol never matches.
+                    if !PORTED_PROTOCOLS.contains(p) {
+                        continue;
+                    }
                     if narrow && r.start <= r.end {
                         for port in r.start..=r.end {
-                            out.push(key(*p as u32, port as u32));
+                            out.push((key(*p as u32, port as u32), no_src));
                         }
                     } else {
-                        out.push(key(*p as u32, WILD));
+                        out.push((key(*p as u32, WILD), false));
                     }
                 }
             }
@@ -232,6 +246,8 @@ pub(crate) enum PeerCheck {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub pos: u32,
+    /// The bucket this entry sits in proves the port match (see [`CPort::keys`]).
+    pub proven: bool,
     pub check: PeerCheck,
 }
 
@@ -266,18 +282,6 @@ impl TokenBuckets {
     }
 }
 
-/// Membership of peer identities in selectors, as of one snapshot.
-pub(crate) struct SelectorSets<'a>(pub &'a [Arc<[Identity]>]);
-
-impl SelectorSets<'_> {
-    #[inline]
-    fn contains(&self, sel: SelectorId, identity: Identity) -> bool {
-        self.0
-            .get(sel as usize)
-            .is_some_and(|m| m.binary_search(&identity).is_ok())
-    }
-}
-
 /// The peer of a flow as the classifier sees it.
 pub(crate) struct PeerFacts<'a> {
     pub ip: IpAddr,
@@ -285,6 +289,10 @@ pub(crate) struct PeerFacts<'a> {
     /// Interned namespace of an endpoint peer (`u32::MAX` otherwise).
     pub ns: u32,
     pub tokens: &'a [u64],
+    /// Sorted ids of the selectors the peer's identity is a member of (empty for
+    /// non-endpoints). Candidates are confirmed against this one short, hot list instead of
+    /// one member set per selector.
+    pub matched: &'a [u32],
 }
 
 /// One direction of an identity's realized policy.
@@ -308,7 +316,7 @@ pub(crate) struct RuleInput<'a> {
     pub section: usize,
     pub meta: &'a Arc<RuleRef>,
     pub ports: &'a Arc<[CPort]>,
-    pub port_keys: &'a [u32],
+    pub port_keys: &'a [(u32, bool)],
     pub peers: &'a CPeers,
 }
 
@@ -327,10 +335,14 @@ impl DirTable {
         let mut excepts: Vec<Box<[IpNet]>> = Vec::new();
         let mut ends = [0u32; 4];
         let mut table_rules = Vec::with_capacity(rules.len());
-        let mut add = |tok: u64, keys: &[u32], e: Entry| {
+        let mut add = |tok: u64, keys: &[(u32, bool)], e: Entry| {
             let buckets = tokens.entry(tok).or_default();
-            for k in keys {
+            for (k, proven) in keys {
                 let list = buckets.entry(*k).or_default();
+                let e = Entry {
+                    proven: *proven,
+                    ..e
+                };
                 if list.last() != Some(&e) {
                     list.push(e);
                 }
@@ -352,6 +364,7 @@ impl DirTable {
                     r.port_keys,
                     Entry {
                         pos,
+                        proven: false,
                         check: PeerCheck::None,
                     },
                 ),
@@ -370,7 +383,11 @@ impl DirTable {
                                     (false, true) => PeerCheck::None,
                                     (true, true) => PeerCheck::SameNs,
                                 };
-                                let e = Entry { pos, check };
+                                let e = Entry {
+                                    pos,
+                                    proven: false,
+                                    check,
+                                };
                                 if *same_ns && toks.as_ref() == [ANY_ENDPOINT] {
                                     // Narrow the catch-all to the applied-to namespace.
                                     add(ns_token, r.port_keys, e);
@@ -387,6 +404,7 @@ impl DirTable {
                                     block.cidr,
                                     Box::new([Entry {
                                         pos,
+                                        proven: false,
                                         check: PeerCheck::Block {
                                             excepts: idx,
                                             world_only: *world_only,
@@ -399,6 +417,7 @@ impl DirTable {
                                 r.port_keys,
                                 Entry {
                                     pos,
+                                    proven: false,
                                     check: PeerCheck::None,
                                 },
                             ),
@@ -453,7 +472,6 @@ impl DirTable {
     pub fn classify(
         &self,
         peer: &PeerFacts<'_>,
-        sets: &SelectorSets<'_>,
         f: &FlowFacts,
         named: Option<&[NamedPortC]>,
     ) -> [u32; 4] {
@@ -475,9 +493,9 @@ impl DirTable {
                 }
                 let peer_ok = match e.check {
                     PeerCheck::None => true,
-                    PeerCheck::Selector(s) => sets.contains(s, peer.identity),
+                    PeerCheck::Selector(s) => peer.matched.binary_search(&s).is_ok(),
                     PeerCheck::SelectorSameNs(s) => {
-                        peer.ns == self.ns && sets.contains(s, peer.identity)
+                        peer.ns == self.ns && peer.matched.binary_search(&s).is_ok()
                     }
                     PeerCheck::SameNs => peer.ns == self.ns,
                     PeerCheck::Block {
@@ -490,7 +508,8 @@ impl DirTable {
                                 .any(|n| n.contains(&peer.ip))
                     }
                 };
-                if peer_ok && ports_match(&self.rules[e.pos as usize].ports, f, named) {
+                if peer_ok && (e.proven || ports_match(&self.rules[e.pos as usize].ports, f, named))
+                {
                     best[sec] = e.pos;
                 }
             }
@@ -593,6 +612,11 @@ mod tests {
         let mut keys = Vec::new();
         any_range.keys(&mut keys);
         assert_eq!(keys.len(), 6);
+        // A source-port condition means the bucket alone proves nothing.
+        assert!(keys.iter().all(|(_, proven)| !proven));
+        keys.clear();
+        tcp80.keys(&mut keys);
+        assert_eq!(keys, vec![(portkey::key(6, 80), true)]);
 
         let icmp_echo = CPort::compile(
             &PortMatch {

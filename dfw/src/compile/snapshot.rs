@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::realize::{
-    FastMap, FlowFacts, IdentityTables, NamedPortC, PeerFacts, SelectorSets, SEC_ALLOW,
-    SEC_BASELINE, SEC_DENY, SEC_TIER,
+    FastMap, FlowFacts, IdentityTables, NamedPortC, PeerFacts, SEC_ALLOW, SEC_BASELINE, SEC_DENY,
+    SEC_TIER,
 };
 use super::token::{HOST_TOKENS, REMOTE_NODE_TOKENS, WORLD_TOKENS};
 use super::verdict::{DecidedBy, Decision, FlowAction, FlowQuery, RuleRef, Verdict};
@@ -36,6 +36,8 @@ pub(crate) struct IdentityInfo {
     pub ns: u32,
     /// Index tokens the identity carries as a peer (see `token`).
     pub tokens: Box<[u64]>,
+    /// Sorted ids of the cached selectors matching the identity.
+    pub matched: Box<[u32]>,
 }
 
 /// One endpoint as realized.
@@ -98,7 +100,6 @@ pub struct PolicySnapshot {
     pub(crate) endpoints: Arc<Vec<Option<Arc<EndpointEntry>>>>,
     pub(crate) by_ip: Arc<FastMap<IpAddr, u32>>,
     pub(crate) by_key: Arc<HashMap<EndpointKey, u32>>,
-    pub(crate) selectors: Arc<Vec<Arc<[Identity]>>>,
 }
 
 const _: () = {
@@ -213,6 +214,7 @@ impl PolicySnapshot {
                 identity: e.info.identity,
                 ns: e.info.ns,
                 tokens: &e.info.tokens,
+                matched: &e.info.matched,
             },
             None => {
                 let identity = self
@@ -230,6 +232,7 @@ impl PolicySnapshot {
                     identity,
                     ns: u32::MAX,
                     tokens,
+                    matched: &[],
                 }
             }
         };
@@ -246,7 +249,7 @@ impl PolicySnapshot {
             icmp_code: q.icmp_code,
         };
         let table = local.tables.dir(direction);
-        let best = table.classify(&peer, &SelectorSets(&self.selectors), &facts, named);
+        let best = table.classify(&peer, &facts, named);
         let global_audit = self.config.audit;
         let by_rule = |pos: u32, passed_by: Option<&'a RuleRef>| {
             let meta = &*table.rules[pos as usize].meta;
