@@ -13,10 +13,45 @@ use ipnet::IpNet;
 
 type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A 1024-bit, one-hash Bloom filter: one cache line pair that answers "certainly absent"
+/// for most probes of a large table, so a lookup does not pay a cache miss per absent key.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Bloom([u64; 16]);
+
+impl Bloom {
+    #[inline]
+    fn bit(key: u64) -> (usize, u64) {
+        let h = key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54;
+        ((h >> 6) as usize, 1u64 << (h & 63))
+    }
+
+    pub fn insert(&mut self, key: u64) {
+        let (w, b) = Self::bit(key);
+        self.0[w] |= b;
+    }
+
+    #[inline]
+    pub fn may_contain(&self, key: u64) -> bool {
+        let (w, b) = Self::bit(key);
+        self.0[w] & b != 0
+    }
+}
+
+#[inline]
+fn bloom_key4(masked: u32, len: u8) -> u64 {
+    ((masked as u64) << 8) | len as u64
+}
+
+#[inline]
+fn bloom_key6(masked: u128, len: u8) -> u64 {
+    (((masked >> 64) as u64) ^ (masked as u64)).rotate_left(8) ^ len as u64
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct PrefixMap<V> {
     v4: Vec<(u8, Map<u32, V>)>,
     v6: Vec<(u8, Map<u128, V>)>,
+    bloom: Bloom,
 }
 
 impl<V> Default for PrefixMap<V> {
@@ -24,6 +59,7 @@ impl<V> Default for PrefixMap<V> {
         Self {
             v4: Vec::new(),
             v6: Vec::new(),
+            bloom: Bloom::default(),
         }
     }
 }
@@ -50,6 +86,7 @@ impl<V> PrefixMap<V> {
         items: impl IntoIterator<Item = (IpNet, V)>,
         mut merge: impl FnMut(&mut V, V),
     ) -> Self {
+        let mut bloom = Bloom::default();
         let mut v4: BTreeMap<u8, Map<u32, V>> = BTreeMap::new();
         let mut v6: BTreeMap<u8, Map<u128, V>> = BTreeMap::new();
         for (net, v) in items {
@@ -57,6 +94,7 @@ impl<V> PrefixMap<V> {
                 IpNet::V4(n) => {
                     let len = n.prefix_len();
                     let key = u32::from(n.network()) & mask4(len);
+                    bloom.insert(bloom_key4(key, len));
                     let m = v4.entry(len).or_default();
                     match m.get_mut(&key) {
                         Some(existing) => merge(existing, v),
@@ -68,6 +106,7 @@ impl<V> PrefixMap<V> {
                 IpNet::V6(n) => {
                     let len = n.prefix_len();
                     let key = u128::from(n.network()) & mask6(len);
+                    bloom.insert(bloom_key6(key, len));
                     let m = v6.entry(len).or_default();
                     match m.get_mut(&key) {
                         Some(existing) => merge(existing, v),
@@ -81,6 +120,7 @@ impl<V> PrefixMap<V> {
         Self {
             v4: v4.into_iter().rev().collect(),
             v6: v6.into_iter().rev().collect(),
+            bloom,
         }
     }
 
@@ -95,7 +135,11 @@ impl<V> PrefixMap<V> {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
                 for (len, m) in &self.v4 {
-                    if let Some(v) = m.get(&(a & mask4(*len))) {
+                    let k = a & mask4(*len);
+                    if !self.bloom.may_contain(bloom_key4(k, *len)) {
+                        continue;
+                    }
+                    if let Some(v) = m.get(&k) {
                         f(v);
                     }
                 }
@@ -103,7 +147,11 @@ impl<V> PrefixMap<V> {
             IpAddr::V6(a) => {
                 let a = u128::from(a);
                 for (len, m) in &self.v6 {
-                    if let Some(v) = m.get(&(a & mask6(*len))) {
+                    let k = a & mask6(*len);
+                    if !self.bloom.may_contain(bloom_key6(k, *len)) {
+                        continue;
+                    }
+                    if let Some(v) = m.get(&k) {
                         f(v);
                     }
                 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::prefix::PrefixMap;
+use super::prefix::{Bloom, PrefixMap};
 use super::token::{portkey, Interners, ANY_ENDPOINT, ANY_PEER};
 use super::verdict::{PolicyRef, RuleRef};
 use crate::identity::Identity;
@@ -264,24 +264,6 @@ pub(crate) const SEC_DENY: usize = 1;
 pub(crate) const SEC_ALLOW: usize = 2;
 pub(crate) const SEC_BASELINE: usize = 3;
 
-#[derive(Debug, Clone, Default)]
-struct TokenBuckets {
-    /// Sorted port keys.
-    keys: Box<[u32]>,
-    lists: Box<[Box<[Entry]>]>,
-}
-
-impl TokenBuckets {
-    #[inline]
-    fn get(&self, key: u32) -> Option<&[Entry]> {
-        // Usually one to a few keys: a linear scan beats a binary search.
-        self.keys
-            .iter()
-            .position(|k| *k == key)
-            .map(|i| &*self.lists[i])
-    }
-}
-
 /// The peer of a flow as the classifier sees it.
 pub(crate) struct PeerFacts<'a> {
     pub ip: IpAddr,
@@ -302,7 +284,11 @@ pub(crate) struct DirTable {
     /// End positions of the tier, deny, allow and baseline sections.
     pub ends: [u32; 4],
     ns: u32,
-    tokens: FastMap<u64, TokenBuckets>,
+    /// `(peer token | port key << 32)` → range of `entries`.
+    index: FastMap<u64, (u32, u32)>,
+    entries: Box<[Entry]>,
+    /// Keys of `index`: most absent keys are rejected without touching the hash table.
+    bloom: Bloom,
     cidrs: PrefixMap<Box<[Entry]>>,
     excepts: Box<[Box<[IpNet]>]>,
     /// First (by key) Kubernetes-layer policy isolating the identity in this direction.
@@ -426,22 +412,17 @@ impl DirTable {
                 }
             }
         }
-        let tokens = tokens
-            .into_iter()
-            .map(|(t, buckets)| {
-                let (keys, lists): (Vec<u32>, Vec<Box<[Entry]>>) = buckets
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_boxed_slice()))
-                    .unzip();
-                (
-                    t,
-                    TokenBuckets {
-                        keys: keys.into_boxed_slice(),
-                        lists: lists.into_boxed_slice(),
-                    },
-                )
-            })
-            .collect();
+        let mut index = FastMap::default();
+        let mut entries = Vec::new();
+        let mut bloom = Bloom::default();
+        for (t, buckets) in tokens {
+            for (k, list) in buckets {
+                let key = index_key(t, k);
+                index.insert(key, (entries.len() as u32, list.len() as u32));
+                bloom.insert(key);
+                entries.extend(list);
+            }
+        }
         let cidrs = PrefixMap::build(cidrs, |a, b| {
             let mut v = std::mem::take(a).into_vec();
             v.extend(b.iter().copied());
@@ -452,7 +433,9 @@ impl DirTable {
             rules: table_rules.into_boxed_slice(),
             ends,
             ns,
-            tokens,
+            index,
+            entries: entries.into_boxed_slice(),
+            bloom,
             cidrs,
             excepts: excepts.into_boxed_slice(),
             isolated_by,
@@ -479,12 +462,18 @@ impl DirTable {
         if self.rules.is_empty() {
             return best;
         }
-        let probe_exact = if f.has_ports {
-            portkey::key(f.proto as u32, f.dst_port as u32)
-        } else {
-            u32::MAX
-        };
+        // Port keys to probe per token: exact (protocol, port), (protocol, any port), any.
         let probe_proto = portkey::key(f.proto as u32, portkey::WILD);
+        let with_port = [
+            portkey::key(f.proto as u32, f.dst_port as u32),
+            probe_proto,
+            portkey::ANY,
+        ];
+        let probes: &[u32] = if f.has_ports {
+            &with_port
+        } else {
+            &with_port[1..]
+        };
         let mut consider = |entries: &[Entry]| {
             for e in entries {
                 let sec = section_of(&self.ends, e.pos);
@@ -515,15 +504,13 @@ impl DirTable {
             }
         };
         for t in peer.tokens {
-            if let Some(b) = self.tokens.get(t) {
-                if let Some(l) = b.get(probe_exact) {
-                    consider(l);
+            for pk in probes {
+                let key = index_key(*t, *pk);
+                if !self.bloom.may_contain(key) {
+                    continue;
                 }
-                if let Some(l) = b.get(probe_proto) {
-                    consider(l);
-                }
-                if let Some(l) = b.get(portkey::ANY) {
-                    consider(l);
+                if let Some((start, len)) = self.index.get(&key) {
+                    consider(&self.entries[*start as usize..(*start + *len) as usize]);
                 }
             }
         }
@@ -532,6 +519,12 @@ impl DirTable {
         }
         best
     }
+}
+
+/// Index key: a peer token with a port key folded into its free bits.
+#[inline]
+fn index_key(token: u64, port_key: u32) -> u64 {
+    token | ((port_key as u64) << 32)
 }
 
 #[inline]

@@ -12,7 +12,8 @@ use std::hash::Hash;
 
 use crate::model::{EndpointSelector, LabelSelector, NamespaceScope, SelectorOperator};
 
-/// Token kinds live in the top byte; the low 32 bits carry an interned id.
+/// Token kinds live in the top 6 bits; the low 32 bits carry an interned id; bits 32..58 are
+/// left free for the classifier to fold a port key in.
 pub(crate) mod kind {
     pub const LABEL: u64 = 1;
     pub const NAMESPACE: u64 = 2;
@@ -26,7 +27,7 @@ pub(crate) mod kind {
 }
 
 pub(crate) const fn token(kind: u64, id: u32) -> u64 {
-    (kind << 56) | id as u64
+    (kind << 58) | id as u64
 }
 
 pub(crate) const ANY_ENDPOINT: u64 = token(kind::ANY_ENDPOINT, 0);
