@@ -256,6 +256,9 @@ pub(crate) struct Entry {
 pub(crate) struct TableRule {
     pub meta: Arc<RuleRef>,
     pub ports: Arc<[CPort]>,
+    /// Copies of `meta.action` / `meta.policy.audit`, so deciding does not chase `meta`.
+    pub action: crate::model::Action,
+    pub audit: bool,
 }
 
 /// Precedence sections of a table, in evaluation order.
@@ -343,6 +346,8 @@ impl DirTable {
             table_rules.push(TableRule {
                 meta: r.meta.clone(),
                 ports: r.ports.clone(),
+                action: r.meta.action,
+                audit: r.meta.policy.audit,
             });
             match r.peers {
                 CPeers::Any => add(
@@ -414,7 +419,7 @@ impl DirTable {
         }
         let mut index = FastMap::default();
         let mut entries = Vec::new();
-        let mut bloom = Bloom::default();
+        let mut bloom = Bloom::with_capacity(tokens.values().map(|b| b.len()).sum());
         for (t, buckets) in tokens {
             for (k, list) in buckets {
                 let key = index_key(t, k);

@@ -252,8 +252,8 @@ impl PolicySnapshot {
         let best = table.classify(&peer, &facts, named);
         let global_audit = self.config.audit;
         let by_rule = |pos: u32, passed_by: Option<&'a RuleRef>| {
-            let meta = &*table.rules[pos as usize].meta;
-            let action = match meta.action {
+            let rule = &table.rules[pos as usize];
+            let action = match rule.action {
                 Action::Allow | Action::Pass => FlowAction::Allow,
                 Action::Drop => FlowAction::Drop,
                 Action::Reject => FlowAction::Reject,
@@ -261,16 +261,16 @@ impl PolicySnapshot {
             Decision {
                 direction,
                 action,
-                audit: action != FlowAction::Allow && (meta.policy.audit || global_audit),
-                by: DecidedBy::Rule(meta),
+                audit: action != FlowAction::Allow && (rule.audit || global_audit),
+                by: DecidedBy::Rule(&rule.meta),
                 passed_by,
             }
         };
         let mut passed_by = None;
         if best[SEC_TIER] != u32::MAX {
-            let meta = &*table.rules[best[SEC_TIER] as usize].meta;
-            if meta.action == Action::Pass {
-                passed_by = Some(meta);
+            let rule = &table.rules[best[SEC_TIER] as usize];
+            if rule.action == Action::Pass {
+                passed_by = Some(&*rule.meta);
             } else {
                 return by_rule(best[SEC_TIER], None);
             }
