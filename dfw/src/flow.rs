@@ -7,9 +7,11 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use serde::{Deserialize, Serialize};
+
 /// IP protocol numbers the engine understands. Anything else is carried as `Other` so the
 /// data path can still count and drop it by reason instead of failing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum IpProtocol {
     Icmp,
     Tcp,
@@ -69,7 +71,7 @@ impl fmt::Display for IpProtocol {
 ///
 /// For ICMP echo, `src_port` and `dst_port` both hold the echo identifier; for other ICMP
 /// messages they are zero and the type/code travel separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct FiveTuple {
     pub src: IpAddr,
     pub dst: IpAddr,
