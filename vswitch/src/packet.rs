@@ -141,6 +141,9 @@ pub struct TcpInfo {
     pub header_len: u8,
     /// Payload bytes (for a TSO super-segment: the whole super-segment's payload).
     pub payload_len: u32,
+    /// Window-scale option shift (RFC 7323), decoded on SYN segments only (the only place
+    /// it counts): connection tracking needs it to follow the peers' windows.
+    pub wscale: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +367,14 @@ fn icmp_info(v6: bool, icmp_type: u8, code: u8, message: &[u8]) -> IcmpInfo {
     }
 }
 
+/// The window-scale option of a TCP header, if present and well formed.
+fn window_scale(t: &etherparse::TcpSlice<'_>) -> Option<u8> {
+    t.options_iterator().find_map(|o| match o {
+        Ok(etherparse::TcpOptionElement::WindowScale(shift)) => Some(shift),
+        _ => None,
+    })
+}
+
 impl ParsedPacket {
     /// Parses an Ethernet frame (without virtio-net header).
     pub fn parse(frame: &[u8]) -> Result<ParsedPacket, ParseError> {
@@ -480,6 +491,7 @@ impl ParsedPacket {
                     window: t.window_size(),
                     header_len: t.header_len() as u8,
                     payload_len: t.payload().len() as u32,
+                    wscale: if t.syn() { window_scale(t) } else { None },
                 })
             }
             Some(TransportSlice::Udp(u)) => {

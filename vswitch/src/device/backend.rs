@@ -35,7 +35,7 @@ use crate::counters::DropReason;
 use crate::net_hdr::{vnet_hdr_len, OffloadSet, VirtioNetHdr};
 use crate::offload::{plan_rx, segment_tcp, RxAction};
 use crate::pipeline::{Pipeline, Scratch};
-use crate::port::VnicPort;
+use crate::port::{PortRef, VnicPort};
 
 /// Guest memory as the crate maps it.
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -193,6 +193,9 @@ impl VnicBackend {
                 Ok(true) => continue, // more arrived while notifications were off
                 _ => break,
             }
+        }
+        if used > 0 {
+            s.pipeline.end_batch(PortRef::Vnic(s.port.id), now);
         }
         if used > 0 && vstate.needs_notification().unwrap_or(true) {
             if let Err(e) = vstate.signal_used_queue() {
