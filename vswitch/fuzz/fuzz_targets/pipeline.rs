@@ -81,18 +81,40 @@ fuzz_target!(|data: &[u8]| {
 
     // The pipeline: sender 1 (MAC/IP taken from the frame when possible so the spoof guard
     // lets interesting frames through), receiver 2.
-    let src_mac: [u8; 6] = frame.get(6..12).and_then(|m| m.try_into().ok()).unwrap_or([2, 0, 0, 0, 0, 1]);
-    let src_mac = if MacAddr(src_mac).is_valid_unicast() { src_mac } else { [2, 0, 0, 0, 0, 1] };
-    let dst_mac: [u8; 6] = frame.get(0..6).and_then(|m| m.try_into().ok()).unwrap_or([2, 0, 0, 0, 0, 2]);
-    let dst_mac = if MacAddr(dst_mac).is_valid_unicast() && dst_mac != src_mac { dst_mac } else { [2, 0, 0, 0, 0, 2] };
-    let src_ip: [u8; 4] = frame.get(26..30).and_then(|m| m.try_into().ok()).unwrap_or([10, 0, 0, 1]);
-    let dst_ip = if src_ip == [10, 0, 0, 2] { [10, 0, 0, 3] } else { [10, 0, 0, 2] };
+    let src_mac: [u8; 6] = frame
+        .get(6..12)
+        .and_then(|m| m.try_into().ok())
+        .unwrap_or([2, 0, 0, 0, 0, 1]);
+    let src_mac = if MacAddr(src_mac).is_valid_unicast() {
+        src_mac
+    } else {
+        [2, 0, 0, 0, 0, 1]
+    };
+    let dst_mac: [u8; 6] = frame
+        .get(0..6)
+        .and_then(|m| m.try_into().ok())
+        .unwrap_or([2, 0, 0, 0, 0, 2]);
+    let dst_mac = if MacAddr(dst_mac).is_valid_unicast() && dst_mac != src_mac {
+        dst_mac
+    } else {
+        [2, 0, 0, 0, 0, 2]
+    };
+    let src_ip: [u8; 4] = frame
+        .get(26..30)
+        .and_then(|m| m.try_into().ok())
+        .unwrap_or([10, 0, 0, 1]);
+    let dst_ip = if src_ip == [10, 0, 0, 2] {
+        [10, 0, 0, 3]
+    } else {
+        [10, 0, 0, 2]
+    };
 
     let pipeline = Pipeline::new(Arc::new(Mixed(sel)));
     let a = port(1, src_mac, src_ip);
     let b = port(2, dst_mac, dst_ip);
     // Ports only report offloads through negotiated features; emulate via the feature bits.
-    let tx_bits = (sel & 1) as u64 | (((sel >> 1) & 1) as u64) << 11 | (((sel >> 2) & 1) as u64) << 12;
+    let tx_bits =
+        (sel & 1) as u64 | (((sel >> 1) & 1) as u64) << 11 | (((sel >> 2) & 1) as u64) << 12;
     a.set_acked_features(tx_bits);
     a.set_rx_ready(true);
     b.set_rx_ready(true);
@@ -108,10 +130,17 @@ fuzz_target!(|data: &[u8]| {
         while let Some(mut f) = port.inbox.pop() {
             match plan_rx(&mut f.data, &f.meta, rx) {
                 Ok(RxAction::Segment { mss, layout }) => {
-                    let _ = segment_tcp(&f.data, &layout, f.meta.l3_end as usize, mss, &mut seg, |s| {
-                        ParsedPacket::parse(s).expect("segments must parse");
-                        true
-                    });
+                    let _ = segment_tcp(
+                        &f.data,
+                        &layout,
+                        f.meta.l3_end as usize,
+                        mss,
+                        &mut seg,
+                        |s| {
+                            ParsedPacket::parse(s).expect("segments must parse");
+                            true
+                        },
+                    );
                 }
                 Ok(RxAction::Deliver(_)) | Err(_) => {}
             }
@@ -119,4 +148,3 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
-

@@ -20,7 +20,8 @@ fuzz_target!(|data: &[u8]| {
     let mergeable = data[1] & 1 != 0;
     let mem: GuestMemoryMmap<()> = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
     let body = &data[2..];
-    mem.write_slice(&body[..body.len().min(MEM)], GuestAddress(0)).unwrap();
+    mem.write_slice(&body[..body.len().min(MEM)], GuestAddress(0))
+        .unwrap();
 
     let mut q = Queue::new(size).unwrap();
     q.set_size(size);
@@ -58,7 +59,17 @@ fuzz_target!(|data: &[u8]| {
     let frame = vec![0xa5u8; 3000];
     let mut scratch = RxScratch::default();
     for _ in 0..size {
-        if write_rx_frame(&mem, &mut q, VirtioNetHdr::default(), 12, &frame, mergeable, &mut scratch).is_err() {
+        if write_rx_frame(
+            &mem,
+            &mut q,
+            VirtioNetHdr::default(),
+            12,
+            &frame,
+            mergeable,
+            &mut scratch,
+        )
+        .is_err()
+        {
             break;
         }
     }
