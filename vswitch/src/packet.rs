@@ -236,8 +236,10 @@ pub struct ParsedPacket {
 /// Why a frame could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// Kept as etherparse's own error value: formatting it would allocate, and a guest can
+    /// send malformed frames at line rate.
     #[error("frame rejected by etherparse: {0}")]
-    Sliced(String),
+    Sliced(etherparse::err::packet::SliceError),
     #[error("frame without an Ethernet II header")]
     NoEthernet,
     #[error("more than one VLAN tag or a MACsec header")]
@@ -378,8 +380,7 @@ fn window_scale(t: &etherparse::TcpSlice<'_>) -> Option<u8> {
 impl ParsedPacket {
     /// Parses an Ethernet frame (without virtio-net header).
     pub fn parse(frame: &[u8]) -> Result<ParsedPacket, ParseError> {
-        let sliced =
-            SlicedPacket::from_ethernet(frame).map_err(|e| ParseError::Sliced(e.to_string()))?;
+        let sliced = SlicedPacket::from_ethernet(frame).map_err(ParseError::Sliced)?;
         let eth2 = match &sliced.link {
             Some(LinkSlice::Ethernet2(e)) => e,
             _ => return Err(ParseError::NoEthernet),
