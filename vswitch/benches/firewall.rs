@@ -5,6 +5,7 @@
 //!   lookup: the common case),
 //! * a new flow the receiver's policy denies (conntrack miss, egress + ingress decisions,
 //!   flow-log record rate-limited, i.e. suppressed after the first few),
+//!
 //! and the policy decision alone (`decide_flow`, egress + ingress).
 
 use std::net::IpAddr;
@@ -72,7 +73,7 @@ struct Net {
 
 fn net(filter: Arc<dyn PacketFilter>, fw: Option<&Firewall>, engine: &mut Engine) -> Net {
     let p = Pipeline::new(filter);
-    let mut port = |n: u8, app: &str| {
+    let port = |n: u8, app: &str| {
         let id = p.alloc_port_id();
         let e = endpoint(n, app);
         if let Some(fw) = fw {
