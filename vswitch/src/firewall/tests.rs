@@ -484,3 +484,63 @@ fn expiry_runs_at_the_end_of_a_batch() {
     assert!(n.fw.connections(web.id).is_empty());
     assert!(db.inbox.is_empty());
 }
+
+#[test]
+fn ping_is_tracked_and_its_reply_passes() {
+    let mut n = Net::new(true);
+    let (web, db) = (n.web.clone(), n.db.clone());
+    let echo = |from: u8, to: u8, request: bool, id: u16| {
+        let mut f = Vec::new();
+        let b = PacketBuilder::ethernet2(mac(from).0, mac(to).0).ipv4(
+            [10, 0, 0, from],
+            [10, 0, 0, to],
+            64,
+        );
+        let b = if request {
+            b.icmpv4_echo_request(id, 1)
+        } else {
+            b.icmpv4_echo_reply(id, 1)
+        };
+        b.write(&mut f, b"ping").unwrap();
+        f
+    };
+    // db -> web: neither db's egress nor web's ingress is isolated.
+    assert_eq!(n.send(&db, &echo(2, 1, true, 7)), to(&web));
+    assert_eq!(n.send(&web, &echo(1, 2, false, 7)), to(&db));
+    // web -> db: db's ingress allows only TCP.
+    assert_eq!(
+        n.send(&web, &echo(1, 2, true, 8)),
+        Disposition::Dropped(DropReason::PolicyDenied)
+    );
+    // An unsolicited reply is not a connection.
+    assert_eq!(
+        n.send(&db, &echo(2, 1, false, 9)),
+        Disposition::Dropped(DropReason::ConntrackInvalid)
+    );
+    let recs = n.records();
+    assert_eq!(recs[0].protocol.as_deref(), Some("ICMP"));
+    assert_eq!(recs[0].icmp_type, Some(8));
+}
+
+#[test]
+fn audit_mode_forwards_would_be_drops_and_logs_them() {
+    let mut n = Net::new(true);
+    n.engine.set_config(EngineConfig {
+        audit: true,
+        ..EngineConfig::default()
+    });
+    n.fw.apply(n.engine.snapshot());
+    let (web, db) = (n.web.clone(), n.db.clone());
+    assert_eq!(n.send(&web, &syn(1, 2, 40001, 22)), to(&db));
+    let st = n.fw.status();
+    assert_eq!(st[1].counters.audited, 1);
+    assert_eq!(st[1].counters.denied_ingress, 0);
+    let rec = n
+        .records()
+        .into_iter()
+        .find(|r| r.verdict == FlowVerdict::Audit)
+        .unwrap();
+    assert_eq!(rec.decided_by, "isolation");
+    assert_eq!(rec.direction, Direction::Ingress);
+    assert_eq!(rec.drop_reason, None);
+}
