@@ -398,6 +398,8 @@ impl Engine {
         for id in ids {
             self.unindex_identity(id);
             if let Some(st) = self.ids.get_mut(&id) {
+                // Cilium selectors see the namespace's labels as pseudo-labels of the endpoint.
+                st.sel_labels = st.key.selector_labels_with_namespace(&ns_labels);
                 st.ns_labels = ns_labels.clone();
             }
             self.index_identity(id);
@@ -557,9 +559,10 @@ impl Engine {
 
     fn create_identity(&mut self, id: Identity, key: IdentityKey) {
         let ns = self.interners.namespace(&key.namespace);
+        let ns_labels = self.ns_effective_labels(&key.namespace);
         let st = IdState {
-            sel_labels: key.selector_labels(),
-            ns_labels: self.ns_effective_labels(&key.namespace),
+            sel_labels: key.selector_labels_with_namespace(&ns_labels),
+            ns_labels,
             ns,
             tokens: Vec::new(),
             matched: BTreeSet::new(),
@@ -598,7 +601,10 @@ impl Engine {
         let Some(st) = self.ids.get(&id) else { return };
         let mut tokens = Vec::new();
         for (k, v) in &st.sel_labels {
-            tokens.push(token::token(kind::LABEL, self.interners.pair(k, v)));
+            // Namespace pseudo-labels are covered by the NS_LABEL tokens below.
+            if !token::is_namespace_pseudo_label(k) {
+                tokens.push(token::token(kind::LABEL, self.interners.pair(k, v)));
+            }
         }
         tokens.push(token::token(kind::NAMESPACE, st.ns));
         for (k, v) in &st.ns_labels {

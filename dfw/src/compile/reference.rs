@@ -71,8 +71,14 @@ impl<'a> Ctx<'a> {
             NamespaceScope::SameAsAppliedTo => applied_ns == Some(ep.namespace.as_str()),
             NamespaceScope::Any => true,
         };
+        // Written out rather than through `IdentityKey`, so the reference does not share the
+        // engine's code for it.
         let mut labels = ep.labels.clone();
         labels.insert(CILIUM_NAMESPACE_LABEL.into(), ep.namespace.clone());
+        labels.retain(|k, _| !k.starts_with("io.cilium.k8s.namespace.labels."));
+        for (k, v) in self.ns_labels(&ep.namespace) {
+            labels.insert(format!("io.cilium.k8s.namespace.labels.{k}"), v);
+        }
         ns_ok && sel.labels.matches(&labels)
     }
 
