@@ -679,3 +679,35 @@ fn flavours_agree_on_the_whole_matrix() {
     assert!(n > 400);
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// Auditing the `payments` namespace (what the API's per-namespace audit switch does):
+/// every would-be drop decided by a payments endpoint is forwarded and reported with its
+/// decider; drops decided elsewhere, and allowed flows, are unchanged.
+#[test]
+fn payments_namespace_in_audit_mode() {
+    for files in [[K8S], [ANTREA], [CILIUM]] {
+        let (mut engine, inv) = load(&files);
+        assert!(engine.set_namespace_audit("payments", true));
+        let snap = engine.snapshot();
+        for (src, dst, proto, port, want, _) in PAYMENTS {
+            let v = snap.evaluate(&query(&inv, src, dst, *proto, *port));
+            assert_eq!(v.action, A, "{files:?} {src} -> {dst} {proto}/{port}");
+            assert_eq!(
+                v.audit,
+                *want == D,
+                "{files:?} {src} -> {dst} {proto}/{port}"
+            );
+            if v.audit {
+                let d = v.deciding().unwrap();
+                assert_eq!(d.action, D);
+                assert!(d
+                    .policy()
+                    .is_some_and(|p| p.key.namespace.as_deref() == Some("payments")));
+            }
+        }
+        assert!(engine.set_namespace_audit("payments", false));
+        let snap = engine.snapshot();
+        let v = snap.evaluate(&query(&inv, "jumphost", "payments-api", Tcp, 8080));
+        assert_eq!((v.action, v.audit), (D, false));
+    }
+}

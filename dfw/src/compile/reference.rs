@@ -226,6 +226,7 @@ pub(crate) fn decide(
 ) -> RefDecision {
     let cx = Ctx { engine };
     let cfg = engine.config();
+    let audit_all = cfg.audit || cfg.audit_namespaces.contains(&local.namespace);
     let peer_ip = match dir {
         Direction::Egress => q.dst,
         Direction::Ingress => q.src,
@@ -255,7 +256,7 @@ pub(crate) fn decide(
         };
         RefDecision {
             action,
-            audit: action != FlowAction::Allow && (p.audit || cfg.audit),
+            audit: action != FlowAction::Allow && (p.audit || audit_all),
             by: RefBy::Rule(p.key.clone(), i),
             passed,
         }
@@ -327,7 +328,7 @@ pub(crate) fn decide(
     if let Some(first) = isolating.first() {
         return RefDecision {
             action: FlowAction::Drop,
-            audit: isolating.iter().all(|p| p.audit) || cfg.audit,
+            audit: isolating.iter().all(|p| p.audit) || audit_all,
             by: RefBy::Isolation(first.key.clone()),
             passed,
         };
@@ -346,7 +347,7 @@ pub(crate) fn decide(
     if cfg.default_deny {
         RefDecision {
             action: FlowAction::Drop,
-            audit: cfg.audit,
+            audit: audit_all,
             by: RefBy::DefaultDeny,
             passed,
         }

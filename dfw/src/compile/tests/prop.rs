@@ -348,6 +348,11 @@ fn gen_config(r: &mut Rng) -> EngineConfig {
         audit: r.chance(10),
         host_ips: vec![HOST.parse().unwrap()],
         remote_node_ips: vec![],
+        audit_namespaces: NAMESPACES
+            .iter()
+            .filter(|_| r.chance(15))
+            .map(|n| n.to_string())
+            .collect(),
     }
 }
 

@@ -813,6 +813,102 @@ fn audit_forwards_would_be_drops() {
 }
 
 #[test]
+fn audit_namespaces_forward_drops_decided_there() {
+    let mut lab = Lab::cyclonus(EngineConfig::default());
+    lab.policies(vec![
+        k8s("x", "iso-xa", &[("pod", "a")], &[In], vec![]),
+        k8s("y", "iso-ya", &[("pod", "a")], &[In], vec![]),
+        acnp(
+            "xb-not-to-y",
+            "securityops",
+            1.0,
+            applied(in_ns("x", &[("pod", "b")])),
+            vec![egress(Action::Reject).peers(vec![sel(ns_and(&[("ns", "y")], &[]))])],
+        ),
+    ]);
+    // Without audit: x/a and y/a are isolated, x/b may not send to y (Reject).
+    let blocked = |s: &str, d: &str| -> Option<FlowAction> {
+        if s == "x/b" && ns_of(d) == "y" {
+            Some(J)
+        } else if d == "x/a" || d == "y/a" {
+            Some(D)
+        } else {
+            None
+        }
+    };
+    lab.matrix(&PORTS, &PROTOS, |s, d, _, _| blocked(s, d).unwrap_or(A));
+    let before = lab.engine.snapshot();
+
+    // Audit x: what x's endpoints decide (x/a's ingress, x/b's egress) is forwarded; what
+    // y/a decides is still enforced, also for flows from x/b.
+    assert!(lab.engine.set_namespace_audit("x", true));
+    assert!(!lab.engine.set_namespace_audit("x", true));
+    assert!(lab.engine.namespace_audit("x"));
+    lab.matrix(&PORTS, &PROTOS, |_, d, _, _| yes(d != "y/a"));
+    let snap = lab.engine.snapshot();
+    for s in Lab::pods() {
+        for d in Lab::pods() {
+            if s == d {
+                continue;
+            }
+            let v = snap.evaluate(&lab.query(&s, &d, Tcp, 80));
+            let audited = v.action == A && blocked(&s, &d).is_some();
+            assert_eq!(v.audit, audited, "{s} -> {d}: {v:?}");
+            if audited {
+                // Reported with what would have happened.
+                let dec = v.deciding().unwrap();
+                assert!(dec.audit);
+                assert_eq!(dec.action, blocked(&s, &d).unwrap(), "{s} -> {d}");
+            }
+        }
+    }
+    let v = snap.evaluate(&lab.query("x/b", "y/a", Tcp, 80));
+    assert_eq!((v.action, v.audit), (D, false));
+    assert!(v.egress.unwrap().audit && !v.ingress.unwrap().audit);
+    // The flag is read when deciding: no realized table was rebuilt.
+    for e in before.endpoints() {
+        let now = snap.endpoint(&e.endpoint().key()).unwrap();
+        assert!(e.same_tables(&now), "{}", e.endpoint().key());
+    }
+
+    // Audit y as well: nothing is dropped any more. Then only y.
+    lab.engine.set_namespace_audit("y", true);
+    lab.matrix(&PORTS, &PROTOS, |_, _, _, _| A);
+    assert!(lab.engine.set_namespace_audit("x", false));
+    lab.matrix(&PORTS, &PROTOS, |s, d, _, _| match blocked(s, d) {
+        Some(_) if d == "y/a" && s != "x/b" => A,
+        Some(b) => b,
+        None => A,
+    });
+
+    // With a default-deny baseline: a namespace audited before it has endpoints, and the
+    // default deny is audited per side.
+    let mut lab = Lab::cyclonus(EngineConfig {
+        default_deny: true,
+        audit_namespaces: ["z".to_string(), "w".to_string()].into(),
+        ..EngineConfig::default()
+    });
+    lab.matrix(&PORTS, &PROTOS, |s, d, _, _| {
+        yes(ns_of(s) == "z" && ns_of(d) == "z")
+    });
+    lab.engine
+        .upsert_endpoint(ep("w", "a", EndpointKind::Vm, "10.0.9.1", &[]))
+        .unwrap();
+    lab.check(&[
+        ("w/a", "z/a", Tcp, 80, A),
+        ("z/b", "w/a", Udp, 53, A),
+        ("w/a", "x/a", Tcp, 80, D),
+        ("w/a", "8.8.8.8", Tcp, 443, A),
+        ("8.8.8.8", "w/a", Tcp, 443, A),
+        ("8.8.8.8", "y/a", Tcp, 443, D),
+    ]);
+    let snap = lab.engine.snapshot();
+    let v = snap.evaluate(&lab.query("w/a", "z/a", Tcp, 80));
+    assert!(v.audit);
+    assert_eq!(v.egress.unwrap().by, DecidedBy::DefaultDeny);
+}
+
+#[test]
 fn icmp_type_and_code() {
     let mut lab = Lab::cyclonus(EngineConfig::default());
     lab.policies(vec![k8s(
