@@ -17,7 +17,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{EndpointKey, EndpointKind, Labels, CILIUM_NAMESPACE_LABEL};
+use crate::model::{
+    EndpointKey, EndpointKind, Labels, CILIUM_NAMESPACE_LABEL, CILIUM_NAMESPACE_LABELS_PREFIX,
+};
 
 /// A numeric security identity. Numbers below [`Identity::FIRST_ALLOCATED`] are reserved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -72,6 +74,25 @@ impl IdentityKey {
     pub fn selector_labels(&self) -> Labels {
         let mut labels = self.labels.clone();
         labels.insert(CILIUM_NAMESPACE_LABEL.to_string(), self.namespace.clone());
+        labels
+    }
+
+    /// [`Self::selector_labels`] plus the labels of the endpoint's namespace under Cilium's
+    /// pseudo-label prefix (`io.cilium.k8s.namespace.labels.<key>`, see
+    /// [`CILIUM_NAMESPACE_LABELS_PREFIX`]). `namespace_labels` are the namespace's effective
+    /// labels (with `kubernetes.io/metadata.name`, which Cilium exposes the same way).
+    ///
+    /// These are the labels the engine matches every endpoint selector against: the
+    /// pseudo-labels depend on the namespace, not on the identity key, so the engine
+    /// recomputes them (and the identity's selector memberships) when namespace labels
+    /// change. The namespace is authoritative for these keys: an endpoint's own label under
+    /// the prefix is not seen (it would let a workload claim its namespace's labels).
+    pub fn selector_labels_with_namespace(&self, namespace_labels: &Labels) -> Labels {
+        let mut labels = self.selector_labels();
+        labels.retain(|k, _| !k.starts_with(CILIUM_NAMESPACE_LABELS_PREFIX));
+        for (k, v) in namespace_labels {
+            labels.insert(format!("{CILIUM_NAMESPACE_LABELS_PREFIX}{k}"), v.clone());
+        }
         labels
     }
 }
@@ -302,6 +323,42 @@ mod tests {
             Some("prod")
         );
         assert_eq!(l.get("app").map(String::as_str), Some("web"));
+    }
+
+    #[test]
+    fn selector_labels_carry_the_namespace_labels_under_the_cilium_prefix() {
+        let k = key(
+            "prod",
+            EndpointKind::Vm,
+            &[
+                ("app", "web"),
+                ("io.cilium.k8s.namespace.labels.env", "spoof"),
+            ],
+        );
+        let ns: Labels = [("team", "pay"), ("kubernetes.io/metadata.name", "prod")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let l = k.selector_labels_with_namespace(&ns);
+        assert_eq!(
+            l.get("io.cilium.k8s.namespace.labels.team")
+                .map(String::as_str),
+            Some("pay")
+        );
+        assert_eq!(
+            l.get("io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name")
+                .map(String::as_str),
+            Some("prod")
+        );
+        assert_eq!(
+            l.get(CILIUM_NAMESPACE_LABEL).map(String::as_str),
+            Some("prod")
+        );
+        // The namespace's own labels are not endpoint labels, and an endpoint cannot claim
+        // a namespace label.
+        assert!(!l.contains_key("team"));
+        assert!(!l.contains_key("io.cilium.k8s.namespace.labels.env"));
+        assert_eq!(l.len(), 4);
     }
 
     #[test]

@@ -10,3 +10,4 @@ pub mod flow;
 pub mod identity;
 pub mod inventory;
 pub mod model;
+pub mod stateful;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::realize::{
-    CPeer, CPeers, CPort, DirTable, FastMap, IdentityTables, NamedPortC, RuleInput, SelectorId,
-    SEC_ALLOW, SEC_BASELINE, SEC_DENY, SEC_TIER,
+    CPeer, CPeers, CPort, DirTable, FastMap, IdentityTables, NamedPortC, NsBits, RuleInput,
+    SelectorId, SEC_ALLOW, SEC_BASELINE, SEC_DENY, SEC_TIER,
 };
 use super::snapshot::{EndpointEntry, EndpointHandle, IdentityInfo, PolicySnapshot};
 use super::token::{self, kind, portkey, selector_tokens, Interners};
@@ -32,6 +32,12 @@ pub struct EngineConfig {
     pub default_deny: bool,
     /// Global audit mode: every would-be drop is forwarded and flagged.
     pub audit: bool,
+    /// Namespaces in audit mode: a would-be drop (by a rule, isolation or the default deny)
+    /// decided for an endpoint of one of these namespaces, in either direction, is
+    /// forwarded and flagged. The deciding endpoint is the one whose table decided: the
+    /// sender for egress, the receiver for ingress. See also [`Engine::set_namespace_audit`].
+    #[serde(default)]
+    pub audit_namespaces: BTreeSet<String>,
     /// Addresses of the local host (peer identity `host`, entity `host`).
     pub host_ips: Vec<IpAddr>,
     /// Addresses of other nodes (peer identity `remote-node`, entity `remote-node`).
@@ -176,6 +182,7 @@ pub(crate) fn object_key(o: &Object) -> ObjectKey {
 pub struct Engine {
     config: Arc<EngineConfig>,
     reserved: Arc<FastMap<IpAddr, Identity>>,
+    audit_ns: Arc<NsBits>,
     namespaces: BTreeMap<String, Namespace>,
     endpoints: HashMap<EndpointKey, EpState>,
     slot_generation: Vec<u32>,
@@ -211,6 +218,16 @@ impl Default for Engine {
     }
 }
 
+/// The audit namespaces of `config` as a bit set over interned namespace ids (interning the
+/// names, so endpoints created later in those namespaces get the same ids).
+fn audit_set(config: &EngineConfig, interners: &mut Interners) -> NsBits {
+    let mut bits = NsBits::default();
+    for ns in &config.audit_namespaces {
+        bits.insert(interners.namespace(ns));
+    }
+    bits
+}
+
 fn reserved_map(config: &EngineConfig) -> FastMap<IpAddr, Identity> {
     let mut m = FastMap::default();
     for ip in &config.remote_node_ips {
@@ -224,8 +241,11 @@ fn reserved_map(config: &EngineConfig) -> FastMap<IpAddr, Identity> {
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Self {
+        let mut interners = Interners::default();
+        let audit_ns = Arc::new(audit_set(&config, &mut interners));
         Self {
             reserved: Arc::new(reserved_map(&config)),
+            audit_ns,
             config: Arc::new(config),
             namespaces: BTreeMap::new(),
             endpoints: HashMap::new(),
@@ -237,7 +257,7 @@ impl Engine {
             ids: HashMap::new(),
             ids_by_token: HashMap::new(),
             ns_identities: HashMap::new(),
-            interners: Interners::default(),
+            interners,
             sels: SelectorCache::default(),
             policies: Vec::new(),
             free_policies: Vec::new(),
@@ -340,6 +360,7 @@ impl Engine {
             generation: self.generation,
             config: self.config.clone(),
             reserved: self.reserved.clone(),
+            audit_ns: self.audit_ns.clone(),
             endpoints: self.snap_endpoints.clone(),
             by_ip: self.snap_by_ip.clone(),
             by_key: self.snap_by_key.clone(),
@@ -353,8 +374,31 @@ impl Engine {
             return;
         }
         self.reserved = Arc::new(reserved_map(&config));
+        self.audit_ns = Arc::new(audit_set(&config, &mut self.interners));
         self.config = Arc::new(config);
         self.invalidate();
+    }
+
+    /// Put a namespace in audit mode or take it out (see
+    /// [`EngineConfig::audit_namespaces`]). The namespace need not exist yet. Touches no
+    /// realized table: the flag is read when deciding. Returns whether anything changed.
+    pub fn set_namespace_audit(&mut self, namespace: &str, audit: bool) -> bool {
+        if self.config.audit_namespaces.contains(namespace) == audit {
+            return false;
+        }
+        let mut config = (*self.config).clone();
+        if audit {
+            config.audit_namespaces.insert(namespace.to_string());
+        } else {
+            config.audit_namespaces.remove(namespace);
+        }
+        self.set_config(config);
+        true
+    }
+
+    /// Whether a namespace is in audit mode.
+    pub fn namespace_audit(&self, namespace: &str) -> bool {
+        self.config.audit_namespaces.contains(namespace)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -398,6 +442,8 @@ impl Engine {
         for id in ids {
             self.unindex_identity(id);
             if let Some(st) = self.ids.get_mut(&id) {
+                // Cilium selectors see the namespace's labels as pseudo-labels of the endpoint.
+                st.sel_labels = st.key.selector_labels_with_namespace(&ns_labels);
                 st.ns_labels = ns_labels.clone();
             }
             self.index_identity(id);
@@ -557,9 +603,10 @@ impl Engine {
 
     fn create_identity(&mut self, id: Identity, key: IdentityKey) {
         let ns = self.interners.namespace(&key.namespace);
+        let ns_labels = self.ns_effective_labels(&key.namespace);
         let st = IdState {
-            sel_labels: key.selector_labels(),
-            ns_labels: self.ns_effective_labels(&key.namespace),
+            sel_labels: key.selector_labels_with_namespace(&ns_labels),
+            ns_labels,
             ns,
             tokens: Vec::new(),
             matched: BTreeSet::new(),
@@ -598,7 +645,10 @@ impl Engine {
         let Some(st) = self.ids.get(&id) else { return };
         let mut tokens = Vec::new();
         for (k, v) in &st.sel_labels {
-            tokens.push(token::token(kind::LABEL, self.interners.pair(k, v)));
+            // Namespace pseudo-labels are covered by the NS_LABEL tokens below.
+            if !token::is_namespace_pseudo_label(k) {
+                tokens.push(token::token(kind::LABEL, self.interners.pair(k, v)));
+            }
         }
         tokens.push(token::token(kind::NAMESPACE, st.ns));
         for (k, v) in &st.ns_labels {

@@ -43,7 +43,9 @@
 //!
 //! A decision whose action is Drop or Reject is turned into a forwarded, flagged **audit**
 //! verdict when the deciding policy is in audit mode (for isolation: when every isolating
-//! policy is) or the global config is.
+//! policy is), when the deciding endpoint's namespace is
+//! ([`EngineConfig::audit_namespaces`], [`Engine::set_namespace_audit`]), or when the global
+//! config is.
 //!
 //! # Peers
 //!

@@ -24,6 +24,27 @@ use crate::model::{IpBlock, PortMatch, PortRange, PortSpec, ProtocolMatch};
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A set of interned namespace ids (the audit namespaces), read once per decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct NsBits(Vec<u64>);
+
+impl NsBits {
+    pub fn insert(&mut self, ns: u32) {
+        let (w, b) = ((ns / 64) as usize, ns % 64);
+        if self.0.len() <= w {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << b;
+    }
+
+    #[inline]
+    pub fn contains(&self, ns: u32) -> bool {
+        self.0
+            .get((ns / 64) as usize)
+            .is_some_and(|w| w & (1 << (ns % 64)) != 0)
+    }
+}
+
 /// Index of a selector in the selector cache.
 pub(crate) type SelectorId = u32;
 

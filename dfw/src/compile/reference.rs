@@ -71,8 +71,14 @@ impl<'a> Ctx<'a> {
             NamespaceScope::SameAsAppliedTo => applied_ns == Some(ep.namespace.as_str()),
             NamespaceScope::Any => true,
         };
+        // Written out rather than through `IdentityKey`, so the reference does not share the
+        // engine's code for it.
         let mut labels = ep.labels.clone();
         labels.insert(CILIUM_NAMESPACE_LABEL.into(), ep.namespace.clone());
+        labels.retain(|k, _| !k.starts_with("io.cilium.k8s.namespace.labels."));
+        for (k, v) in self.ns_labels(&ep.namespace) {
+            labels.insert(format!("io.cilium.k8s.namespace.labels.{k}"), v);
+        }
         ns_ok && sel.labels.matches(&labels)
     }
 
@@ -220,6 +226,7 @@ pub(crate) fn decide(
 ) -> RefDecision {
     let cx = Ctx { engine };
     let cfg = engine.config();
+    let audit_all = cfg.audit || cfg.audit_namespaces.contains(&local.namespace);
     let peer_ip = match dir {
         Direction::Egress => q.dst,
         Direction::Ingress => q.src,
@@ -249,7 +256,7 @@ pub(crate) fn decide(
         };
         RefDecision {
             action,
-            audit: action != FlowAction::Allow && (p.audit || cfg.audit),
+            audit: action != FlowAction::Allow && (p.audit || audit_all),
             by: RefBy::Rule(p.key.clone(), i),
             passed,
         }
@@ -321,7 +328,7 @@ pub(crate) fn decide(
     if let Some(first) = isolating.first() {
         return RefDecision {
             action: FlowAction::Drop,
-            audit: isolating.iter().all(|p| p.audit) || cfg.audit,
+            audit: isolating.iter().all(|p| p.audit) || audit_all,
             by: RefBy::Isolation(first.key.clone()),
             passed,
         };
@@ -340,7 +347,7 @@ pub(crate) fn decide(
     if cfg.default_deny {
         RefDecision {
             action: FlowAction::Drop,
-            audit: cfg.audit,
+            audit: audit_all,
             by: RefBy::DefaultDeny,
             passed,
         }

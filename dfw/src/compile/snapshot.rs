@@ -12,8 +12,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::realize::{
-    FastMap, FlowFacts, IdentityTables, NamedPortC, PeerFacts, SEC_ALLOW, SEC_BASELINE, SEC_DENY,
-    SEC_TIER,
+    FastMap, FlowFacts, IdentityTables, NamedPortC, NsBits, PeerFacts, SEC_ALLOW, SEC_BASELINE,
+    SEC_DENY, SEC_TIER,
 };
 use super::token::{HOST_TOKENS, REMOTE_NODE_TOKENS, WORLD_TOKENS};
 use super::verdict::{DecidedBy, Decision, FlowAction, FlowQuery, RuleRef, Verdict};
@@ -97,6 +97,8 @@ pub struct PolicySnapshot {
     pub(crate) generation: u64,
     pub(crate) config: Arc<EngineConfig>,
     pub(crate) reserved: Arc<FastMap<IpAddr, Identity>>,
+    /// `config.audit_namespaces` as interned namespace ids.
+    pub(crate) audit_ns: Arc<NsBits>,
     pub(crate) endpoints: Arc<Vec<Option<Arc<EndpointEntry>>>>,
     pub(crate) by_ip: Arc<FastMap<IpAddr, u32>>,
     pub(crate) by_key: Arc<HashMap<EndpointKey, u32>>,
@@ -250,7 +252,8 @@ impl PolicySnapshot {
         };
         let table = local.tables.dir(direction);
         let best = table.classify(&peer, &facts, named);
-        let global_audit = self.config.audit;
+        // Audit for this decision: global, or the deciding (local) endpoint's namespace.
+        let global_audit = self.config.audit || self.audit_ns.contains(local.info.ns);
         let by_rule = |pos: u32, passed_by: Option<&'a RuleRef>| {
             let rule = &table.rules[pos as usize];
             let action = match rule.action {

@@ -10,7 +10,10 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use crate::model::{EndpointSelector, LabelSelector, NamespaceScope, SelectorOperator};
+use crate::model::{
+    EndpointSelector, LabelSelector, NamespaceScope, SelectorOperator,
+    CILIUM_NAMESPACE_LABELS_PREFIX,
+};
 
 /// Token kinds live in the top 6 bits; the low 32 bits carry an interned id; bits 32..58 are
 /// left free for the classifier to fold a port key in.
@@ -91,6 +94,28 @@ impl Interners {
     }
 }
 
+/// The token of one `key=value` constraint of a label selector of token kind `kind`.
+///
+/// A Cilium namespace pseudo-label (`io.cilium.k8s.namespace.labels.<k>=v`) is filed under
+/// the namespace-label token of `k=v`, which every endpoint of such a namespace carries
+/// anyway: identities then need no extra token per namespace label (each peer token costs
+/// the classifier a probe), and the invariant holds because an identity has the pseudo-label
+/// exactly when its namespace has the label.
+fn pair_token(kind: u64, k: &str, v: &str, i: &mut Interners) -> u64 {
+    if kind == self::kind::LABEL {
+        if let Some(ns_key) = k.strip_prefix(CILIUM_NAMESPACE_LABELS_PREFIX) {
+            return token(self::kind::NS_LABEL, i.pair(ns_key, v));
+        }
+    }
+    token(kind, i.pair(k, v))
+}
+
+/// Whether an identity's selector label is a namespace pseudo-label that [`pair_token`] files
+/// under a namespace-label token (so the identity needs no label token for it).
+pub(crate) fn is_namespace_pseudo_label(k: &str) -> bool {
+    k.starts_with(CILIUM_NAMESPACE_LABELS_PREFIX)
+}
+
 /// Tokens for a label selector in the given token kind (LABEL or NS_LABEL), or `None` if the
 /// selector has no equality constraint to file it under.
 fn label_tokens(
@@ -99,14 +124,16 @@ fn label_tokens(
     skip_key: Option<&str>,
     i: &mut Interners,
 ) -> Option<Vec<u64>> {
-    // Prefer a matchLabels pair that is not the namespace pseudo-label (more selective).
+    // Prefer a matchLabels pair that is not a namespace pseudo-label (more selective: those
+    // are shared by every endpoint of a namespace).
+    let pseudo = |k: &str| skip_key.is_some_and(|s| k == s || is_namespace_pseudo_label(k));
     let pick = sel
         .match_labels
         .iter()
-        .find(|(k, _)| Some(k.as_str()) != skip_key)
+        .find(|(k, _)| !pseudo(k))
         .or_else(|| sel.match_labels.iter().next());
     if let Some((k, v)) = pick {
-        return Some(vec![token(kind, i.pair(k, v))]);
+        return Some(vec![pair_token(kind, k, v, i)]);
     }
     // Otherwise the `In` expression with the fewest values: one token per value.
     let best = sel
@@ -117,7 +144,7 @@ fn label_tokens(
     Some(
         best.values
             .iter()
-            .map(|v| token(kind, i.pair(&best.key, v)))
+            .map(|v| pair_token(kind, &best.key, v, i))
             .collect(),
     )
 }
@@ -196,6 +223,28 @@ mod tests {
             &mut i,
         );
         assert_eq!(d, vec![token(kind::LABEL, i.pair("app", "db"))]);
+    }
+
+    #[test]
+    fn namespace_pseudo_labels_are_filed_as_namespace_labels() {
+        let mut i = Interners::default();
+        let a = selector_tokens(
+            &sel(
+                NamespaceScope::Any,
+                &[("io.cilium.k8s.namespace.labels.team", "pay")],
+            ),
+            &mut i,
+        );
+        assert_eq!(a, vec![token(kind::NS_LABEL, i.pair("team", "pay"))]);
+        // An endpoint label is preferred.
+        let b = selector_tokens(
+            &sel(
+                NamespaceScope::Any,
+                &[("io.cilium.k8s.namespace.labels.team", "pay"), ("zz", "1")],
+            ),
+            &mut i,
+        );
+        assert_eq!(b, vec![token(kind::LABEL, i.pair("zz", "1"))]);
     }
 
     #[test]

@@ -142,13 +142,17 @@ pub struct Verdict<'a> {
 
 impl<'a> Verdict<'a> {
     /// The decision that determined `action`: the first non-allowing side (egress first, as
-    /// the packet meets the sender's vNIC first), else the ingress side, else egress.
+    /// the packet meets the sender's vNIC first), else the first audited side (the would-be
+    /// drop an `audit` verdict reports), else the ingress side, else egress.
     pub fn deciding(&self) -> Option<&Decision<'a>> {
         let blocks = |d: &&Decision<'a>| d.effective() != FlowAction::Allow;
+        let audited = |d: &&Decision<'a>| d.audit;
         self.egress
             .as_ref()
             .filter(blocks)
             .or(self.ingress.as_ref().filter(blocks))
+            .or(self.egress.as_ref().filter(audited))
+            .or(self.ingress.as_ref().filter(audited))
             .or(self.ingress.as_ref())
             .or(self.egress.as_ref())
     }

@@ -82,6 +82,28 @@ fn gen_selector(r: &mut Rng, allow_same_ns: bool) -> EndpointSelector {
             r.pick(&NAMESPACES).to_string(),
         );
     }
+    // Cilium namespace-label pseudo-labels, alone (filed under a namespace-label token) or
+    // next to an endpoint label, in matchLabels or an `In` expression.
+    match r.below(12) {
+        0 => {
+            labels.match_labels.insert(
+                format!("{CILIUM_NAMESPACE_LABELS_PREFIX}env"),
+                r.pick(&["a", "b"]).to_string(),
+            );
+        }
+        1 => {
+            labels.match_labels.insert(
+                format!("{CILIUM_NAMESPACE_LABELS_PREFIX}{NAMESPACE_NAME_LABEL}"),
+                r.pick(&NAMESPACES).to_string(),
+            );
+        }
+        2 => labels.match_expressions.push(LabelExpression {
+            key: format!("{CILIUM_NAMESPACE_LABELS_PREFIX}env"),
+            operator: *r.pick(&[SelectorOperator::In, SelectorOperator::NotIn]),
+            values: vec!["a".into()],
+        }),
+        _ => {}
+    }
     EndpointSelector {
         namespaces,
         labels,
@@ -326,6 +348,11 @@ fn gen_config(r: &mut Rng) -> EngineConfig {
         audit: r.chance(10),
         host_ips: vec![HOST.parse().unwrap()],
         remote_node_ips: vec![],
+        audit_namespaces: NAMESPACES
+            .iter()
+            .filter(|_| r.chance(15))
+            .map(|n| n.to_string())
+            .collect(),
     }
 }
 

@@ -578,6 +578,111 @@ fn cilium_deny_wins_over_any_allow() {
 }
 
 #[test]
+fn cilium_namespace_label_pseudo_labels() {
+    const NS_LABEL: &str = "io.cilium.k8s.namespace.labels.ns";
+    let mut lab = Lab::cyclonus(EngineConfig::default());
+    let mut from_y_or_z = anywhere(&[]);
+    from_y_or_z.labels.match_expressions.push(LabelExpression {
+        key: NS_LABEL.into(),
+        operator: SelectorOperator::In,
+        values: vec!["y".into(), "z".into()],
+    });
+    lab.policies(vec![
+        // x/a accepts pods of namespaces labelled ns=y (a clusterwide-style peer: scope Any,
+        // the namespace constraint lives in the label selector).
+        cnp(
+            "x",
+            "a-from-ns-y",
+            in_ns("x", &[("pod", "a")]),
+            &[In],
+            vec![ingress(Action::Allow).peers(vec![sel(anywhere(&[(NS_LABEL, "y")]))])],
+        ),
+        // x/b accepts b-pods of namespaces labelled ns in (y, z).
+        cnp("x", "b-from-yz", in_ns("x", &[("pod", "b")]), &[In], {
+            let mut s = from_y_or_z.clone();
+            s.labels.match_labels = labels(&[("pod", "b")]);
+            vec![ingress(Action::Allow).peers(vec![sel(s)])]
+        }),
+        // Subjects too: every endpoint of a namespace labelled ns=z is egress-isolated and
+        // may only talk to namespace x (named through the implied name label).
+        cnp(
+            "z",
+            "z-to-x",
+            anywhere(&[(NS_LABEL, "z")]),
+            &[Eg],
+            vec![egress(Action::Allow).peers(vec![sel(anywhere(&[(
+                "io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name",
+                "x",
+            )]))])],
+        ),
+    ]);
+    let expect = |relabelled: bool| {
+        move |s: &str, d: &str, _: IpProtocol, _: u16| {
+            // With ns=y on namespace z, z is not "ns=z" any more (not isolated) and counts as y.
+            let label = |n: &str| -> String {
+                if relabelled && n == "z" {
+                    "y".into()
+                } else {
+                    n.into()
+                }
+            };
+            let sns = label(ns_of(s));
+            let egress_ok = sns != "z" || ns_of(d) == "x";
+            let ingress_ok = match d {
+                "x/a" => sns == "y",
+                "x/b" => name_of(s) == "b" && (sns == "y" || sns == "z"),
+                _ => true,
+            };
+            yes(egress_ok && ingress_ok)
+        }
+    };
+    lab.matrix(&PORTS, &PROTOS, expect(false));
+    // The policy follows namespace labels: relabel z as ns=y.
+    lab.engine.upsert_namespace(Namespace {
+        name: "z".into(),
+        labels: labels(&[("ns", "y")]),
+    });
+    lab.matrix(&PORTS, &PROTOS, expect(true));
+    // Deciders name the rule, and the isolation of a pseudo-label subject.
+    let snap = lab.engine.snapshot();
+    let v = snap.evaluate(&lab.query("z/c", "x/a", Tcp, 80));
+    assert_eq!(
+        v.ingress.unwrap().rule().unwrap().policy.key.name,
+        "a-from-ns-y"
+    );
+    // And back.
+    lab.engine.upsert_namespace(Namespace {
+        name: "z".into(),
+        labels: labels(&[("ns", "z")]),
+    });
+    lab.matrix(&PORTS, &PROTOS, expect(false));
+    let snap = lab.engine.snapshot();
+    let v = snap.evaluate(&lab.query("z/c", "y/a", Tcp, 80));
+    match v.egress.unwrap().by {
+        DecidedBy::Isolation(p) => assert_eq!(p.key.name, "z-to-x"),
+        other => panic!("expected isolation, got {other:?}"),
+    }
+    // Removing the namespace's labels leaves only the implied name label.
+    lab.engine.remove_namespace("y");
+    lab.check(&[
+        ("y/a", "x/a", Tcp, 80, D),
+        ("y/b", "x/b", Tcp, 80, D),
+        ("z/b", "x/b", Tcp, 80, A),
+    ]);
+    // An endpoint cannot claim its namespace's labels through its own labels.
+    let mut spoof = ep(
+        "y",
+        "spoof",
+        EndpointKind::Vm,
+        "10.0.2.99",
+        &[(NS_LABEL, "y")],
+    );
+    spoof.named_ports.clear();
+    lab.engine.upsert_endpoint(spoof).unwrap();
+    lab.check(&[("y/spoof", "x/a", Tcp, 80, D)]);
+}
+
+#[test]
 fn cilium_entities_and_cidr_sets() {
     let host = "172.16.0.1";
     let mut lab = Lab::cyclonus(EngineConfig {
@@ -705,6 +810,102 @@ fn audit_forwards_would_be_drops() {
     lab.matrix(&PORTS, &PROTOS, |_, _, _, _| A);
     let snap = lab.engine.snapshot();
     assert!(snap.evaluate(&lab.query("x/b", "z/a", Tcp, 80)).audit);
+}
+
+#[test]
+fn audit_namespaces_forward_drops_decided_there() {
+    let mut lab = Lab::cyclonus(EngineConfig::default());
+    lab.policies(vec![
+        k8s("x", "iso-xa", &[("pod", "a")], &[In], vec![]),
+        k8s("y", "iso-ya", &[("pod", "a")], &[In], vec![]),
+        acnp(
+            "xb-not-to-y",
+            "securityops",
+            1.0,
+            applied(in_ns("x", &[("pod", "b")])),
+            vec![egress(Action::Reject).peers(vec![sel(ns_and(&[("ns", "y")], &[]))])],
+        ),
+    ]);
+    // Without audit: x/a and y/a are isolated, x/b may not send to y (Reject).
+    let blocked = |s: &str, d: &str| -> Option<FlowAction> {
+        if s == "x/b" && ns_of(d) == "y" {
+            Some(J)
+        } else if d == "x/a" || d == "y/a" {
+            Some(D)
+        } else {
+            None
+        }
+    };
+    lab.matrix(&PORTS, &PROTOS, |s, d, _, _| blocked(s, d).unwrap_or(A));
+    let before = lab.engine.snapshot();
+
+    // Audit x: what x's endpoints decide (x/a's ingress, x/b's egress) is forwarded; what
+    // y/a decides is still enforced, also for flows from x/b.
+    assert!(lab.engine.set_namespace_audit("x", true));
+    assert!(!lab.engine.set_namespace_audit("x", true));
+    assert!(lab.engine.namespace_audit("x"));
+    lab.matrix(&PORTS, &PROTOS, |_, d, _, _| yes(d != "y/a"));
+    let snap = lab.engine.snapshot();
+    for s in Lab::pods() {
+        for d in Lab::pods() {
+            if s == d {
+                continue;
+            }
+            let v = snap.evaluate(&lab.query(&s, &d, Tcp, 80));
+            let audited = v.action == A && blocked(&s, &d).is_some();
+            assert_eq!(v.audit, audited, "{s} -> {d}: {v:?}");
+            if audited {
+                // Reported with what would have happened.
+                let dec = v.deciding().unwrap();
+                assert!(dec.audit);
+                assert_eq!(dec.action, blocked(&s, &d).unwrap(), "{s} -> {d}");
+            }
+        }
+    }
+    let v = snap.evaluate(&lab.query("x/b", "y/a", Tcp, 80));
+    assert_eq!((v.action, v.audit), (D, false));
+    assert!(v.egress.unwrap().audit && !v.ingress.unwrap().audit);
+    // The flag is read when deciding: no realized table was rebuilt.
+    for e in before.endpoints() {
+        let now = snap.endpoint(&e.endpoint().key()).unwrap();
+        assert!(e.same_tables(&now), "{}", e.endpoint().key());
+    }
+
+    // Audit y as well: nothing is dropped any more. Then only y.
+    lab.engine.set_namespace_audit("y", true);
+    lab.matrix(&PORTS, &PROTOS, |_, _, _, _| A);
+    assert!(lab.engine.set_namespace_audit("x", false));
+    lab.matrix(&PORTS, &PROTOS, |s, d, _, _| match blocked(s, d) {
+        Some(_) if d == "y/a" && s != "x/b" => A,
+        Some(b) => b,
+        None => A,
+    });
+
+    // With a default-deny baseline: a namespace audited before it has endpoints, and the
+    // default deny is audited per side.
+    let mut lab = Lab::cyclonus(EngineConfig {
+        default_deny: true,
+        audit_namespaces: ["z".to_string(), "w".to_string()].into(),
+        ..EngineConfig::default()
+    });
+    lab.matrix(&PORTS, &PROTOS, |s, d, _, _| {
+        yes(ns_of(s) == "z" && ns_of(d) == "z")
+    });
+    lab.engine
+        .upsert_endpoint(ep("w", "a", EndpointKind::Vm, "10.0.9.1", &[]))
+        .unwrap();
+    lab.check(&[
+        ("w/a", "z/a", Tcp, 80, A),
+        ("z/b", "w/a", Udp, 53, A),
+        ("w/a", "x/a", Tcp, 80, D),
+        ("w/a", "8.8.8.8", Tcp, 443, A),
+        ("8.8.8.8", "w/a", Tcp, 443, A),
+        ("8.8.8.8", "y/a", Tcp, 443, D),
+    ]);
+    let snap = lab.engine.snapshot();
+    let v = snap.evaluate(&lab.query("w/a", "z/a", Tcp, 80));
+    assert!(v.audit);
+    assert_eq!(v.egress.unwrap().by, DecidedBy::DefaultDeny);
 }
 
 #[test]
