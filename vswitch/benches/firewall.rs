@@ -6,7 +6,7 @@
 //! * a new flow the receiver's policy denies (conntrack miss, egress + ingress decisions,
 //!   flow-log record rate-limited, i.e. suppressed after the first few),
 //!
-//! and the policy decision alone (`decide_flow`, egress + ingress).
+//! and one policy decision alone (`PolicySnapshot::decide`, ingress at the receiver).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,11 +15,11 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use dfw::compile::{Engine, EngineConfig, FlowQuery};
 use dfw::conntrack::CtConfig;
+use dfw::model::Direction;
 use dfw::model::{Endpoint, EndpointKind};
 use etherparse::PacketBuilder;
 
 use vswitch::filter::{InsecureAllowAll, PacketFilter};
-use vswitch::firewall::glue::decide_flow;
 use vswitch::firewall::Firewall;
 use vswitch::flowlog::FlowLog;
 use vswitch::mac::MacAddr;
@@ -77,7 +77,7 @@ fn net(filter: Arc<dyn PacketFilter>, fw: Option<&Firewall>, engine: &mut Engine
         let id = p.alloc_port_id();
         let e = endpoint(n, app);
         if let Some(fw) = fw {
-            fw.bind_vnic(id, app, e.key(), e.ips.clone()).unwrap();
+            fw.bind_vnic(id, app, e.key()).unwrap();
         }
         let port = Arc::new(
             VnicPort::new(
@@ -157,7 +157,6 @@ fn benches(c: &mut Criterion) {
     g.finish();
 
     let snap = engine.snapshot();
-    let ha = snap.endpoint(&endpoint(1, "a").key()).unwrap().handle();
     let hb = snap.endpoint(&endpoint(2, "b").key()).unwrap().handle();
     let q = FlowQuery::tcp(
         IpAddr::from([10, 0, 0, 1]),
@@ -165,8 +164,8 @@ fn benches(c: &mut Criterion) {
         40000,
         80,
     );
-    c.bench_function("decide_flow_egress_ingress", |b| {
-        b.iter(|| decide_flow(&snap, Some(ha), Some(hb), std::hint::black_box(&q)))
+    c.bench_function("decide_ingress", |b| {
+        b.iter(|| snap.decide(hb, Direction::Ingress, std::hint::black_box(&q)))
     });
     assert!(with_fw.b.inbox.is_empty() && without.b.inbox.is_empty());
     drop(log);

@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ConfigError, VnicConfig};
 use crate::dataplane::{Dataplane, DataplaneError, PortStatus};
 use crate::filter::{FailClosed, InsecureAllowAll, PacketFilter};
-use crate::firewall::glue::PolicyTag;
+use crate::firewall::decision::PolicyTag;
 use crate::firewall::{Firewall, RecheckReport};
 use crate::flowlog::{FlowCatalog, FlowLog, FlowLogStats, FlowRecord, RuleInfo};
 use crate::policy::{load_policy_dir, PolicyLoadError};
@@ -256,7 +256,7 @@ impl Daemon {
         let mut vnics = BTreeMap::new();
         for v in &cfg.vnics {
             let id = dataplane.pipeline().alloc_port_id();
-            firewall.bind_vnic(id, &v.name, endpoint_key(v), v.ips.clone())?;
+            firewall.bind_vnic(id, &v.name, endpoint_key(v))?;
             vnics.insert(v.name.clone(), (id, v.clone()));
         }
         let snapshot = engine.snapshot();
@@ -434,10 +434,7 @@ impl Daemon {
         let undo = |ctl: &mut Control| {
             let _ = ctl.engine.remove_endpoint(&endpoint_key(v));
         };
-        if let Err(e) = self
-            .firewall
-            .bind_vnic(id, &v.name, endpoint_key(v), v.ips.clone())
-        {
+        if let Err(e) = self.firewall.bind_vnic(id, &v.name, endpoint_key(v)) {
             undo(&mut ctl);
             return Err(e.into());
         }

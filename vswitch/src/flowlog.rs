@@ -33,7 +33,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use crate::counters::DropReason;
-use crate::firewall::glue::{Decider, PolicyTag};
+use crate::firewall::decision::{Decider, PolicyTag};
 use crate::port::PortId;
 
 /// Events the channel holds before the packet threads start dropping them.

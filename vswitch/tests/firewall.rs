@@ -329,13 +329,15 @@ fn reload_cuts_connections_the_new_policy_refuses_and_keeps_the_others() {
     assert!(r.d.status().policy.last_error.is_some());
     std::fs::remove_file(s.policy("broken.yaml")).unwrap();
 
-    // Removing the 8080 allow: that connection is cut (in a's and b's zone), 9090 survives.
+    // Removing the 8080 allow: b's ingress no longer admits that connection, so it is cut in
+    // b's zone (a's egress still allows it: a's entry stays); 9090 survives everywhere.
     std::fs::remove_file(s.policy("allow-8080.yaml")).unwrap();
     let report = r.d.reload_policy_dir().unwrap();
     assert_eq!(report.removed, 1);
     assert_eq!(report.unchanged, 1);
-    assert_eq!(report.connections.cut, 2);
-    assert_eq!(report.connections.kept, 2);
+    assert_eq!(report.connections.checked, 4);
+    assert_eq!(report.connections.cut, 1);
+    assert_eq!(report.connections.kept, 3);
     assert!(report.generation > gen);
     assert!(r.d.status().policy.last_error.is_none());
 

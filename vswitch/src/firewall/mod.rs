@@ -5,17 +5,16 @@
 //! * **Policy** is an immutable dfw [`PolicySnapshot`] behind an `ArcSwap`, together with each
 //!   vNIC's endpoint handle in it ([`Firewall::install`]). A vNIC whose endpoint is not in the
 //!   snapshot is *not realized*: it forwards nothing (fail closed), and that is counted.
-//! * **Connection tracking**: each vNIC is its own conntrack zone with its own table
-//!   ([`VnicFw`]), behind its own mutex: the vNIC's TX thread is the main user, so locks are
-//!   contended only by the threads of vNICs that talk to each other. No code path holds two
-//!   tables at once.
-//! * **A frame from vNIC A** is tracked in A's zone; a new connection there is decided by A's
-//!   egress and, when the destination is local vNIC B, also by B's ingress (so A's table
-//!   never holds a connection B refuses). It is then tracked in B's zone, where a new
-//!   connection is decided by B's ingress (reusing the decision just made when the snapshot is
-//!   the same). **A frame from the uplink** is tracked in the destination vNIC's zone only,
-//!   decided by its ingress. Packets of tracked connections, both ways, pass without a policy
-//!   lookup (the reply fast path).
+//! * **Stateful filtering** is dfw's [`StatefulFirewall`] (connection tracking glued to the
+//!   snapshot), one per vNIC: each vNIC is its own conntrack zone with its own table, behind
+//!   its own mutex. The vNIC's TX thread is the main user, so a lock is contended only by the
+//!   threads of vNICs talking to each other; no code path holds two at once.
+//! * **A frame from vNIC A** crosses A's zone as egress (a new connection is decided by A's
+//!   egress policy); if it goes to local vNIC B it then crosses B's zone as ingress (decided
+//!   by B's ingress policy). **A frame from the uplink** crosses only the destination vNIC's
+//!   zone, as ingress. Packets of tracked connections, both ways, pass without a policy
+//!   lookup (the reply fast path); their conntrack mark names the admitting rule, which keys
+//!   the per-rule counters.
 //! * **Reject** decisions make the pipeline answer the sender (TCP RST, else ICMP
 //!   administratively prohibited); **audit** decisions forward and log.
 //! * **Control traffic** (ARP, ND/MLD, DHCP address acquisition; see [`classify`]) passes
@@ -23,31 +22,31 @@
 //!
 //! # Policy changes
 //! [`Firewall::install`] swaps the snapshot; [`Firewall::recheck`] then re-decides every
-//! tracked connection under the new policy, cutting the ones no longer allowed and keeping the
-//! rest with their state. A packet thread loads the policy *while holding its table's lock*,
-//! so a connection admitted under the old policy is either already in the table when the
-//! recheck scans it, or is decided with the new policy: none slips between install and recheck.
+//! tracked connection under the new policy, in the zone and direction it was admitted in,
+//! cutting the ones no longer allowed and keeping the rest with their state. A packet thread
+//! loads the policy *while holding its zone's lock*, so a connection admitted under the old
+//! policy is either already in the table when the recheck scans it, or is decided with the
+//! new policy: none slips between install and recheck.
 //!
 //! # Time
 //! `now` comes from the pipeline (monotonic ns, read once per batch) and is passed into dfw;
 //! [`PacketFilter::end_batch`] runs a bounded expiry sweep of the vNIC's table.
 
 pub mod classify;
-pub mod glue;
+pub mod decision;
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use dfw::compile::{EndpointHandle, FlowQuery, PolicySnapshot};
+use dfw::compile::{EndpointHandle, FlowAction, PolicySnapshot};
 use dfw::conntrack::{
-    ConnInfo, ConnTrack, CtConfig, CtConfigError, CtDropReason, CtVerdict, Decision as CtDecision,
-    PacketMeta, Zone,
+    ConnInfo, CtConfig, CtConfigError, CtDropReason, CtVerdict, PacketMeta, Zone,
 };
-use dfw::flow::{FiveTuple, IpProtocol};
+use dfw::flow::FiveTuple;
 use dfw::model::{Direction, EndpointKey, RuleId};
+use dfw::stateful::{Mark, StatefulFirewall, Vnic};
 use serde::Serialize;
 
 use crate::counters::DropReason;
@@ -59,7 +58,7 @@ use crate::flowlog::{
 use crate::packet::ParsedPacket;
 use crate::port::{PortId, PortRef};
 use classify::{classify, Class};
-use glue::{decide, decide_flow, FlowDecision, SideDecision, Stale};
+use decision::SideDecision;
 
 /// Table slots a vNIC's batch sweeps for expired connections.
 pub const EXPIRE_BUDGET_PER_BATCH: usize = 128;
@@ -147,14 +146,13 @@ fw_counters! {
     log_suppressed,
 }
 
-/// The firewall state of one vNIC: its connection table and counters. Lives as long as the
-/// vNIC is bound, across policy changes.
+/// The firewall state of one vNIC: its stateful firewall (connection table) and counters.
+/// Lives as long as the vNIC is bound, across policy changes.
 pub struct VnicFw {
     pub id: PortId,
     pub name: String,
     pub key: EndpointKey,
-    ips: Vec<IpAddr>,
-    ct: Mutex<ConnTrack>,
+    sf: Mutex<StatefulFirewall>,
     pub counters: VnicFwCounters,
     limits: [RateLimiter; LIMITERS],
 }
@@ -162,13 +160,6 @@ pub struct VnicFw {
 impl VnicFw {
     fn zone(&self) -> Zone {
         Zone(self.id.0)
-    }
-
-    /// Whether a tracked connection's first packet was sent by this vNIC (its source is one of
-    /// the vNIC's addresses, or unspecified for a DHCP client): the spoof guard makes every
-    /// frame a guest sends carry such a source, and frames *to* the guest never do.
-    fn sent(&self, t: &FiveTuple) -> bool {
-        self.ips.contains(&t.src) || t.src.is_unspecified()
     }
 }
 
@@ -187,7 +178,6 @@ type FastMap<K, V> = foldhash::HashMap<K, V>;
 struct FwState {
     snapshot: Option<Arc<PolicySnapshot>>,
     vnics: FastMap<PortId, Bound>,
-    local_ips: FastMap<IpAddr, PortId>,
     rules: FastMap<RuleId, Arc<RuleStats>>,
 }
 
@@ -196,11 +186,9 @@ impl FwState {
         self.vnics.get(&id).and_then(|b| b.handle)
     }
 
-    fn count_rule(&self, mark: u64, new: bool, bytes: u32) {
-        if mark != 0 {
-            if let Some(r) = self.rules.get(&RuleId(mark)) {
-                r.hit(new, bytes);
-            }
+    fn count_rule(&self, rule: Option<RuleId>, new: bool, bytes: u32) {
+        if let Some(r) = rule.and_then(|id| self.rules.get(&id)) {
+            r.hit(new, bytes);
         }
     }
 
@@ -315,9 +303,6 @@ impl Firewall {
                     }
                 }
             }
-            for ip in &fw.ips {
-                st.local_ips.insert(*ip, *id);
-            }
             st.vnics.insert(
                 *id,
                 Bound {
@@ -333,20 +318,13 @@ impl Firewall {
 
     /// Registers a vNIC (its connection table starts empty). It is realized as soon as the
     /// installed snapshot contains `key`.
-    pub fn bind_vnic(
-        &self,
-        id: PortId,
-        name: &str,
-        key: EndpointKey,
-        ips: Vec<IpAddr>,
-    ) -> Result<(), CtConfigError> {
-        let ct = ConnTrack::new(self.ct_config.clone())?;
+    pub fn bind_vnic(&self, id: PortId, name: &str, key: EndpointKey) -> Result<(), CtConfigError> {
+        let sf = StatefulFirewall::new(self.ct_config.clone())?;
         let fw = Arc::new(VnicFw {
             id,
             name: name.to_owned(),
             key,
-            ips,
-            ct: Mutex::new(ct),
+            sf: Mutex::new(sf),
             counters: VnicFwCounters::default(),
             limits: std::array::from_fn(|_| RateLimiter::default()),
         });
@@ -382,22 +360,22 @@ impl Firewall {
         self.state.load().snapshot.clone()
     }
 
-    /// Re-decides every tracked connection under the installed policy: connections it no
-    /// longer allows are removed (their next packet is a new flow and meets the policy
-    /// again), the others keep their state and take the new deciding rule as their mark.
-    /// Connections of a vNIC that is not realized are all cut. O(connections).
+    /// Re-decides every tracked connection under the installed policy, in the zone and
+    /// direction it was admitted in: connections it no longer allows are removed (their next
+    /// packet is a new flow and meets the policy again), the others keep their state and are
+    /// re-marked with the new deciding rule. Connections of a vNIC that is not realized are
+    /// all cut. O(connections).
     pub fn recheck(&self) -> RecheckReport {
         let st = self.state.load_full();
         let mut report = RecheckReport::default();
         for b in st.vnics.values() {
-            let mut ct = lock(&b.fw.ct);
-            let before = ct.len();
+            let zone = b.fw.zone();
+            let mut sf = lock(&b.fw.sf);
+            let before = sf.conntrack().len();
             report.checked += before;
             let cut = match (b.handle, st.snapshot.as_deref()) {
-                (Some(h), Some(snap)) => {
-                    ct.recheck(|_zone, tuple, _mark| recheck_one(&st, snap, &b.fw, h, tuple))
-                }
-                _ => ct.flush_zone(b.fw.zone()),
+                (Some(h), Some(snap)) => sf.recheck(snap, |z| (z == zone).then_some(h)),
+                _ => sf.conntrack_mut().flush_zone(zone),
             };
             report.cut += cut;
             report.kept += before - cut;
@@ -417,7 +395,7 @@ impl Firewall {
         let st = self.state.load();
         st.vnics
             .values()
-            .map(|b| lock(&b.fw.ct).expire(now, budget_per_vnic))
+            .map(|b| lock(&b.fw.sf).conntrack_mut().expire(now, budget_per_vnic))
             .sum()
     }
 
@@ -425,7 +403,7 @@ impl Firewall {
     pub fn connection(&self, id: PortId, tuple: &FiveTuple, now: u64) -> Option<ConnInfo> {
         let st = self.state.load();
         let b = st.vnics.get(&id)?;
-        let found = lock(&b.fw.ct).lookup(b.fw.zone(), tuple, now);
+        let found = lock(&b.fw.sf).conntrack().lookup(b.fw.zone(), tuple, now);
         found.map(|(_, info)| info)
     }
 
@@ -433,7 +411,7 @@ impl Firewall {
     pub fn connections(&self, id: PortId) -> Vec<ConnInfo> {
         let st = self.state.load();
         match st.vnics.get(&id) {
-            Some(b) => lock(&b.fw.ct).iter().collect(),
+            Some(b) => lock(&b.fw.sf).conntrack().iter().collect(),
             None => Vec::new(),
         }
     }
@@ -445,7 +423,8 @@ impl Firewall {
             .vnics
             .values()
             .map(|b| {
-                let ct = lock(&b.fw.ct);
+                let sf = lock(&b.fw.sf);
+                let ct = sf.conntrack();
                 let s = ct.stats();
                 let identity = b.handle.and_then(|h| {
                     st.snapshot
@@ -590,7 +569,7 @@ impl Firewall {
             Direction::Egress => c.denied_egress.fetch_add(1, Ordering::Relaxed),
             Direction::Ingress => c.denied_ingress.fetch_add(1, Ordering::Relaxed),
         };
-        st.count_rule(d.mark(), true, seen.meta.map_or(0, |m| m.len));
+        st.count_rule(d.by.rule_id(), true, seen.meta.map_or(0, |m| m.len));
         let (verdict, reason, out) = match d.reject_kind() {
             Some(kind) => {
                 c.rejected.fetch_add(1, Ordering::Relaxed);
@@ -646,188 +625,97 @@ impl Firewall {
         sender: Option<&Bound>,
         receiver: Option<&Bound>,
         meta: &PacketMeta,
-        q: &FlowQuery,
     ) -> FilterVerdict {
         let seen = Seen {
             now,
             meta: Some(meta),
             tuple: Some(meta.tuple),
         };
-        // The decision the sender's zone made for this packet, for the receiver's zone.
-        let mut made: Option<(u64, FlowDecision)> = None;
-
+        // Admissions are logged once the whole path let the packet through, so a flow the
+        // receiver refuses is not also logged as forwarded at the sender.
+        let mut at_sender = None;
+        let mut at_receiver = None;
         if let Some(s) = sender {
-            let mut ct = lock(&s.fw.ct);
-            // Loaded under the table lock: see "Policy changes" in the module doc.
-            let st = self.state.load();
-            let gen = st.generation();
-            let (Some(snap), Some(sh)) = (st.snapshot.as_deref(), st.handle(s.fw.id)) else {
-                drop(ct);
-                return self.not_realized(&s.fw, Direction::Egress, seen, gen);
-            };
-            let rh = match receiver {
-                Some(r) => match st.handle(r.fw.id) {
-                    Some(h) => Some(h),
-                    None => {
-                        drop(ct);
-                        return self.not_realized(&r.fw, Direction::Ingress, seen, gen);
-                    }
-                },
-                None => None,
-            };
-            let mut outcome: Result<FlowDecision, Stale> = Err(Stale);
-            let v = ct.process(s.fw.zone(), meta, now, |_| {
-                outcome = decide_flow(snap, Some(sh), rh, q);
-                match &outcome {
-                    Ok(d) => match d.blocking() {
-                        None => CtDecision::Allow {
-                            mark: d.egress.map_or(0, |e| e.mark()),
-                        },
-                        Some(b) => CtDecision::Deny { mark: b.mark() },
-                    },
-                    Err(Stale) => CtDecision::Deny { mark: 0 },
-                }
-            });
-            drop(ct);
-            match v {
-                CtVerdict::New { mark, .. } | CtVerdict::Untracked { mark } => {
-                    st.count_rule(mark, true, meta.len);
-                    if let Ok(d) = &outcome {
-                        if let Some(e) = &d.egress {
-                            self.admitted(&s.fw, e, seen, gen);
-                        }
-                        made = Some((gen, *d));
-                    }
-                }
-                CtVerdict::Established { mark, .. } | CtVerdict::Related { mark, .. } => {
-                    st.count_rule(mark, false, meta.len);
-                }
-                CtVerdict::Denied { .. } => {
-                    return match outcome {
-                        Ok(d) => match (d.blocking(), receiver) {
-                            (Some(b), Some(r)) if b.direction == Direction::Ingress => {
-                                self.refused(&st, &r.fw, &b, seen)
-                            }
-                            (Some(b), _) => self.refused(&st, &s.fw, &b, seen),
-                            // Deny without a blocking side cannot happen; fail closed.
-                            (None, _) => FilterVerdict::Drop(PolicyDrop::Denied),
-                        },
-                        Err(Stale) => self.not_realized(&s.fw, Direction::Egress, seen, gen),
-                    };
-                }
-                CtVerdict::Dropped(r) => {
-                    let why = ct_drop(r);
-                    return self.dropped(
-                        &s.fw,
-                        Direction::Egress,
-                        seen,
-                        why,
-                        FlowDecider::Conntrack,
-                        gen,
-                    );
-                }
+            match self.cross(s, Direction::Egress, meta, seen) {
+                Crossed::Pass(admitted) => at_sender = admitted.map(|a| (s, a)),
+                Crossed::Stop(v) => return v,
             }
         }
-
         if let Some(r) = receiver {
-            let mut ct = lock(&r.fw.ct);
-            let st = self.state.load();
-            let gen = st.generation();
-            let (Some(snap), Some(rh)) = (st.snapshot.as_deref(), st.handle(r.fw.id)) else {
-                drop(ct);
-                return self.not_realized(&r.fw, Direction::Ingress, seen, gen);
-            };
-            let mut outcome: Result<SideDecision, Stale> = Err(Stale);
-            let v = ct.process(r.fw.zone(), meta, now, |_| {
-                outcome = match made {
-                    Some((
-                        g,
-                        FlowDecision {
-                            ingress: Some(d), ..
-                        },
-                    )) if g == gen => Ok(d),
-                    _ => decide(snap, rh, Direction::Ingress, q),
-                };
-                match &outcome {
-                    Ok(d) if !d.blocks() => CtDecision::Allow { mark: d.mark() },
-                    Ok(d) => CtDecision::Deny { mark: d.mark() },
-                    Err(Stale) => CtDecision::Deny { mark: 0 },
-                }
-            });
-            drop(ct);
-            match v {
-                CtVerdict::New { mark, .. } | CtVerdict::Untracked { mark } => {
-                    st.count_rule(mark, true, meta.len);
-                    if let Ok(d) = &outcome {
-                        self.admitted(&r.fw, d, seen, gen);
-                    }
-                }
-                CtVerdict::Established { mark, .. } | CtVerdict::Related { mark, .. } => {
-                    st.count_rule(mark, false, meta.len);
-                }
-                CtVerdict::Denied { .. } => {
-                    return match outcome {
-                        Ok(d) => self.refused(&st, &r.fw, &d, seen),
-                        Err(Stale) => self.not_realized(&r.fw, Direction::Ingress, seen, gen),
-                    };
-                }
-                CtVerdict::Dropped(reason) => {
-                    return self.dropped(
-                        &r.fw,
-                        Direction::Ingress,
-                        seen,
-                        ct_drop(reason),
-                        FlowDecider::Conntrack,
-                        gen,
-                    );
-                }
+            match self.cross(r, Direction::Ingress, meta, seen) {
+                Crossed::Pass(admitted) => at_receiver = admitted.map(|a| (r, a)),
+                Crossed::Stop(v) => return v,
             }
+        }
+        for (b, (d, gen)) in [at_sender, at_receiver].into_iter().flatten() {
+            self.admitted(&b.fw, &d, seen, gen);
         }
         FilterVerdict::Forward
     }
-}
 
-/// The re-check decision for one connection of `fw`'s zone (see [`Firewall::recheck`]).
-fn recheck_one(
-    st: &FwState,
-    snap: &PolicySnapshot,
-    fw: &VnicFw,
-    handle: EndpointHandle,
-    tuple: &FiveTuple,
-) -> CtDecision {
-    const CUT: CtDecision = CtDecision::Deny { mark: 0 };
-    let sent = fw.sent(tuple);
-    let peer_ip = if sent { tuple.dst } else { tuple.src };
-    // The other end, if it is a local vNIC, decides its side too (as when the connection was
-    // admitted); an unrealized local peer admits nothing.
-    let peer = match st.local_ips.get(&peer_ip).and_then(|id| st.vnics.get(id)) {
-        Some(b) if b.fw.id != fw.id => match b.handle {
-            Some(h) => Some(h),
-            None => return CUT,
-        },
-        _ => None,
-    };
-    let (sender, receiver) = if sent {
-        (Some(handle), peer)
-    } else {
-        (peer, Some(handle))
-    };
-    let mut q = FlowQuery::from_tuple(tuple);
-    // Tracked ICMP connections are echo exchanges, keyed by the request.
-    match tuple.protocol {
-        IpProtocol::Icmp => q.icmp_type = 8,
-        IpProtocol::Icmpv6 => q.icmp_type = 128,
-        _ => {}
-    }
-    match decide_flow(snap, sender, receiver, &q) {
-        Ok(d) if d.allows() => {
-            let own = if sent { d.egress } else { d.ingress };
-            CtDecision::Allow {
-                mark: own.map_or(0, |s| s.mark()),
+    /// The packet crossing one vNIC's zone in `direction`.
+    fn cross(&self, b: &Bound, direction: Direction, meta: &PacketMeta, seen: Seen<'_>) -> Crossed {
+        let mut sf = lock(&b.fw.sf);
+        // Loaded under the zone's lock: see "Policy changes" in the module doc.
+        let st = self.state.load();
+        let gen = st.generation();
+        let (Some(snap), Some(endpoint)) = (st.snapshot.as_deref(), st.handle(b.fw.id)) else {
+            drop(sf);
+            return Crossed::Stop(self.not_realized(&b.fw, direction, seen, gen));
+        };
+        let vnic = Vnic {
+            zone: b.fw.zone(),
+            endpoint,
+        };
+        let out = sf.process(snap, vnic, direction, meta, seen.now);
+        match out.ct {
+            CtVerdict::New { .. } | CtVerdict::Untracked { .. } => {
+                drop(sf);
+                match out.decision {
+                    Some(d) => {
+                        let d = SideDecision::from_dfw(&d);
+                        st.count_rule(d.by.rule_id(), true, meta.len);
+                        Crossed::Pass(Some((d, gen)))
+                    }
+                    None => Crossed::Pass(None),
+                }
+            }
+            CtVerdict::Established { mark, .. } | CtVerdict::Related { mark, .. } => {
+                let rule = sf.describe(Mark(mark)).and_then(|i| i.rule_id());
+                drop(sf);
+                st.count_rule(rule, false, meta.len);
+                Crossed::Pass(None)
+            }
+            CtVerdict::Denied { .. } => {
+                drop(sf);
+                Crossed::Stop(match (out.decision, out.action) {
+                    (Some(d), FlowAction::Drop | FlowAction::Reject) => {
+                        self.refused(&st, &b.fw, &SideDecision::from_dfw(&d), seen)
+                    }
+                    // No decision: the endpoint left the snapshot under us. Fail closed.
+                    _ => self.not_realized(&b.fw, direction, seen, gen),
+                })
+            }
+            CtVerdict::Dropped(r) => {
+                drop(sf);
+                Crossed::Stop(self.dropped(
+                    &b.fw,
+                    direction,
+                    seen,
+                    ct_drop(r),
+                    FlowDecider::Conntrack,
+                    gen,
+                ))
             }
         }
-        _ => CUT,
     }
+}
+
+/// What became of a packet at one vNIC crossing.
+enum Crossed {
+    /// Passes; with the decision (and snapshot generation) if it opened a connection.
+    Pass(Option<(SideDecision, u64)>),
+    Stop(FilterVerdict),
 }
 
 impl PacketFilter for Firewall {
@@ -865,7 +753,7 @@ impl PacketFilter for Firewall {
                 side.fw.counters.control.fetch_add(1, Ordering::Relaxed);
                 FilterVerdict::Forward
             }
-            Class::Ip { meta, query } => self.ip_packet(ctx.now, sender, receiver, &meta, &query),
+            Class::Ip { meta, .. } => self.ip_packet(ctx.now, sender, receiver, &meta),
             Class::Fragment => self.dropped(
                 &side.fw,
                 direction,
@@ -889,7 +777,9 @@ impl PacketFilter for Firewall {
         if let PortRef::Vnic(id) = ingress {
             let st = self.state.load();
             if let Some(b) = st.vnics.get(&id) {
-                lock(&b.fw.ct).expire(now, EXPIRE_BUDGET_PER_BATCH);
+                lock(&b.fw.sf)
+                    .conntrack_mut()
+                    .expire(now, EXPIRE_BUDGET_PER_BATCH);
             }
         }
     }
