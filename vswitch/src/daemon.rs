@@ -67,6 +67,8 @@ pub enum DaemonError {
     Conntrack(#[from] CtConfigError),
     #[error("flow log: {0}")]
     FlowLog(std::io::Error),
+    #[error("state dir {0}: {1}")]
+    StateDir(PathBuf, std::io::Error),
     #[error("no policy_dir configured")]
     NoPolicyDir,
     #[error("no vNIC named {0:?}")]
@@ -151,7 +153,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// vdfwd: data plane + firewall + policy engine + flow log.
+/// vdfwd: data plane + firewall + policy engine + flow log. `Send + Sync`: the API server
+/// shares it (`Arc<Daemon>`) between its tasks.
 pub struct Daemon {
     cfg: Config,
     mode: FilterMode,
@@ -160,6 +163,11 @@ pub struct Daemon {
     flowlog: FlowLog,
     control: Mutex<Control>,
 }
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Daemon>();
+};
 
 fn warning_lines(parsed: &Parsed) -> Vec<String> {
     parsed
@@ -226,10 +234,12 @@ impl Daemon {
         ))
     }
 
-    /// Builds everything and starts serving (see the module doc for the order). The state
-    /// directory must exist; the flow log goes to `state_dir/flows.jsonl`.
+    /// Builds everything and starts serving (see the module doc for the order). The flow log
+    /// goes to `state_dir/flows.jsonl` (the directory is created if needed).
     pub fn start(cfg: Config, mode: FilterMode) -> Result<Daemon, DaemonError> {
         cfg.validate()?;
+        std::fs::create_dir_all(&cfg.state_dir)
+            .map_err(|e| DaemonError::StateDir(cfg.state_dir.clone(), e))?;
         let t0 = Instant::now();
         let dataplane = Dataplane::new(Arc::new(FailClosed));
         let flowlog = FlowLog::start(
