@@ -1,5 +1,18 @@
 //! vdfw control plane: the persistent store, the controller that realizes policy, flow
 //! records, the REST and gRPC services, and the `vdfwctl` client.
 
+pub mod controller;
+pub mod dataplane;
+mod engine;
+pub mod flows;
+pub mod realized;
+pub mod refs;
+pub mod server;
 pub mod store;
 pub mod types;
+
+/// Generated gRPC types and client/server stubs (`api/proto/vdfw/v1/control.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("vdfw.v1");
+}
