@@ -1,6 +1,7 @@
 //! vdfw control plane: the persistent store, the controller that realizes policy, flow
 //! records, the REST and gRPC services, and the `vdfwctl` client.
 
+pub mod client;
 pub mod controller;
 pub mod dataplane;
 mod engine;
