@@ -6,11 +6,13 @@ pub mod controller;
 pub mod dataplane;
 mod engine;
 pub mod flows;
+pub mod generate;
 pub mod realized;
 pub mod refs;
 pub mod server;
 pub mod store;
 pub mod types;
+pub mod yaml;
 
 /// Generated gRPC types and client/server stubs (`api/proto/vdfw/v1/control.proto`).
 #[allow(clippy::all, missing_docs)]
