@@ -17,9 +17,11 @@ use dfw::model::{EndpointKey, Namespace, Object};
 use serde::{Deserialize, Serialize};
 
 use crate::dataplane::{DataPlane, DataPlaneError, DataPlaneStats};
+use crate::engine::Live;
 use crate::flows::{FlowRing, DEFAULT_RING_CAPACITY};
 use crate::realized::{
-    self, ChangeAction, Desired, DocumentError, ObjectChange, ParsedDocument, RealizedState,
+    self, ChangeAction, Desired, DocumentError, EngineChange, ObjectChange, ParsedDocument,
+    RealizedState,
 };
 use crate::store::{Change, ChangeSet, Store, StoreError, Versioned};
 use crate::types::{
@@ -142,6 +144,8 @@ impl Default for ControllerConfig {
 struct Inner {
     revision: Revision,
     desired: Desired,
+    /// The live engine; always holds `desired` (changes are rolled back on failure).
+    engine: Live,
     /// Stored documents that no longer parse, with why.
     failed: BTreeMap<ResourceKey, Vec<DocumentError>>,
 }
@@ -170,34 +174,46 @@ impl Controller {
         let snapshot = store.snapshot()?;
         let mut desired = Desired::default();
         let mut failed = BTreeMap::new();
-        for Versioned { value, .. } in snapshot.resources {
+        // Tiers first, then groups, then policies: later documents may refer to earlier ones.
+        let mut resources = snapshot.resources;
+        resources.sort_by_key(|v| match v.value {
+            Resource::Tier { .. } => 0,
+            Resource::Group { .. } => 1,
+            _ => 2,
+        });
+        for Versioned { value, .. } in resources {
             let key = value.key();
             match value {
                 Resource::Policy { document, .. }
                 | Resource::Group { document, .. }
-                | Resource::Tier { document, .. } => match realized::parse_document(&document) {
-                    Ok(parsed) if parsed.key() == key => {
-                        desired.documents.insert(key, parsed);
-                    }
-                    Ok(parsed) => {
-                        let err = DocumentError {
-                            file: document.file.clone(),
-                            line: document.line,
-                            field: None,
-                            message: format!("stored as {key} but now parses as {}", parsed.key()),
-                        };
-                        tracing::error!("{err}; not enforced until re-applied");
-                        failed.insert(key, vec![err]);
-                    }
-                    Err(errors) => {
-                        for e in &errors {
-                            tracing::error!(
+                | Resource::Tier { document, .. } => {
+                    match realized::parse_document(&document, &desired) {
+                        Ok(parsed) if parsed.key() == key => {
+                            desired.documents.insert(key, parsed);
+                        }
+                        Ok(parsed) => {
+                            let err = DocumentError {
+                                file: document.file.clone(),
+                                line: document.line,
+                                field: None,
+                                message: format!(
+                                    "stored as {key} but now parses as {}",
+                                    parsed.key()
+                                ),
+                            };
+                            tracing::error!("{err}; not enforced until re-applied");
+                            failed.insert(key, vec![err]);
+                        }
+                        Err(errors) => {
+                            for e in &errors {
+                                tracing::error!(
                                 "stored {key} no longer parses: {e}; not enforced until re-applied"
                             );
+                            }
+                            failed.insert(key, errors);
                         }
-                        failed.insert(key, errors);
                     }
-                },
+                }
                 Resource::Endpoint(e) => {
                     desired.endpoints.insert(e.key(), e);
                 }
@@ -209,12 +225,17 @@ impl Controller {
                 }
             }
         }
-        let realized = realized::realize(&desired, snapshot.revision).map_err(|e| {
+        let mut engine = Live::build(&desired).map_err(|e| {
             ControllerError::Rejected(format!(
                 "the stored state at revision {} cannot be realized: {e}",
                 snapshot.revision
             ))
         })?;
+        let realized = Arc::new(RealizedState::new(
+            &desired,
+            snapshot.revision,
+            engine.snapshot(),
+        ));
         tracing::info!(
             revision = snapshot.revision,
             objects = desired.documents.len(),
@@ -227,6 +248,7 @@ impl Controller {
             inner: Mutex::new(Inner {
                 revision: snapshot.revision,
                 desired,
+                engine,
                 failed,
             }),
             realized: RwLock::new(realized),
@@ -312,8 +334,9 @@ impl Controller {
         warnings
     }
 
-    /// Realizes `candidate` and persists `changes` as one change set at `inner.revision + 1`;
-    /// on success installs the candidate. Nothing is touched on failure.
+    /// Moves the live engine to `candidate`, persists `changes` as one change set at
+    /// `inner.revision + 1`, then publishes the new realized state. On any failure the engine
+    /// is rolled back and nothing is persisted or published.
     fn commit(
         &self,
         inner: &mut Inner,
@@ -323,17 +346,45 @@ impl Controller {
         if changes.is_empty() {
             return Ok((inner.revision, Vec::new()));
         }
-        let state =
-            realized::realize(&candidate, inner.revision + 1).map_err(ControllerError::Rejected)?;
-        let revision = self.store.commit(&ChangeSet {
+        let forward = EngineChange::between(&inner.desired, &candidate);
+        inner
+            .engine
+            .apply(&forward)
+            .map_err(ControllerError::Rejected)?;
+        let committed = self.store.commit(&ChangeSet {
             changes,
             expect_revision: Some(inner.revision),
-        })?;
-        debug_assert_eq!(revision, state.revision);
+        });
+        let revision = match committed {
+            Ok(r) => r,
+            Err(e) => {
+                let back = EngineChange::between(&candidate, &inner.desired);
+                if let Err(undo) = inner.engine.apply(&back) {
+                    tracing::error!("engine rollback failed ({undo}); rebuilding it");
+                    match Live::build(&inner.desired) {
+                        Ok(engine) => inner.engine = engine,
+                        Err(e) => tracing::error!("rebuilding the engine failed: {e}"),
+                    }
+                }
+                return Err(e.into());
+            }
+        };
+        let state = Arc::new(RealizedState::new(
+            &candidate,
+            revision,
+            inner.engine.snapshot(),
+        ));
         inner.revision = revision;
         inner.desired = candidate;
         let warnings = self.swap(state);
         Ok((revision, warnings))
+    }
+
+    /// Validates `candidate` on a throwaway engine (dry-runs never touch the live one).
+    fn dry_run(candidate: &Desired) -> Result<(), ControllerError> {
+        Live::build(candidate)
+            .map(drop)
+            .map_err(ControllerError::Rejected)
     }
 
     // -----------------------------------------------------------------------------------
@@ -362,17 +413,45 @@ impl Controller {
         files: &[InputFile],
         dry_run: bool,
     ) -> Result<ChangeReport, ControllerError> {
+        let mut inner = self.lock()?;
+        let docs: Vec<Document> = files
+            .iter()
+            .flat_map(|f| {
+                let ct = f
+                    .content_type
+                    .unwrap_or_else(|| ContentType::from_file_name(&f.file));
+                realized::split_documents(&f.file, &f.text, ct)
+            })
+            .collect();
+        let mut results: Vec<_> = docs
+            .iter()
+            .map(|d| realized::parse_document(d, &inner.desired))
+            .collect();
+        // Tiers declared in this apply may be used by its other documents: parse the ones
+        // that failed again with those tiers known.
+        let new_tiers: Vec<ParsedDocument> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .filter(|p| matches!(p.object, Object::Tier(_)))
+            .cloned()
+            .collect();
+        if !new_tiers.is_empty() && results.iter().any(Result::is_err) {
+            let mut context = inner.desired.clone();
+            for t in new_tiers {
+                context.documents.insert(t.key(), t);
+            }
+            for (doc, result) in docs.iter().zip(results.iter_mut()) {
+                if result.is_err() {
+                    *result = realized::parse_document(doc, &context);
+                }
+            }
+        }
         let mut parsed: Vec<ParsedDocument> = Vec::new();
         let mut errors = Vec::new();
-        for f in files {
-            let ct = f
-                .content_type
-                .unwrap_or_else(|| ContentType::from_file_name(&f.file));
-            for doc in realized::split_documents(&f.file, &f.text, ct) {
-                match realized::parse_document(&doc) {
-                    Ok(p) => parsed.push(p),
-                    Err(e) => errors.extend(e),
-                }
+        for r in results {
+            match r {
+                Ok(p) => parsed.push(p),
+                Err(e) => errors.extend(e),
             }
         }
         // The same object twice in one apply is ambiguous: refuse rather than pick one.
@@ -409,7 +488,6 @@ impl Controller {
             })
             .collect();
 
-        let mut inner = self.lock()?;
         let mut candidate = inner.desired.clone();
         let mut report = Vec::new();
         let mut changes = Vec::new();
@@ -429,7 +507,7 @@ impl Controller {
             candidate.documents.insert(key, p);
         }
         if dry_run {
-            realized::realize(&candidate, inner.revision + 1).map_err(ControllerError::Rejected)?;
+            Self::dry_run(&candidate)?;
             return Ok(ChangeReport {
                 revision: inner.revision,
                 dry_run,
@@ -494,7 +572,7 @@ impl Controller {
             }
         }
         if dry_run {
-            realized::realize(&candidate, inner.revision + 1).map_err(ControllerError::Rejected)?;
+            Self::dry_run(&candidate)?;
             return Ok(ChangeReport {
                 revision: inner.revision,
                 dry_run,

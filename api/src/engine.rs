@@ -1,29 +1,37 @@
-//! Glue to dfw::crd and the dfw engine. TEMPORARY until both are merged into main: parsing
-//! reports that no parser is built in.
+//! Glue to dfw::crd and the dfw engine. TEMPORARY stand-in until both are merged into main:
+//! parsing reports that no parser is built in, and the engine accepts everything.
 
-use crate::realized::{DocumentError, ParsedDocument};
-use crate::types::{Document, EndpointSpec};
-use dfw::model::{Group, Namespace, Policy, Tier};
+use crate::realized::{Desired, DocumentError, EngineChange, ParsedDocument};
+use crate::types::Document;
 
 /// The engine's realized snapshot.
-#[derive(Debug, Default)]
-pub struct Realized;
+pub type Snapshot = ();
 
-pub fn parse_document(doc: &Document) -> Result<ParsedDocument, Vec<DocumentError>> {
+/// The live engine the controller mutates under its lock.
+pub struct Live;
+
+impl Live {
+    /// A fresh engine holding `desired` (start-up, and dry-runs on a throwaway engine).
+    pub fn build(_desired: &Desired) -> Result<Self, String> {
+        Ok(Self)
+    }
+
+    /// Applies a change; on error nothing changed.
+    pub fn apply(&mut self, _change: &EngineChange) -> Result<(), String> {
+        Ok(())
+    }
+
+    pub fn snapshot(&mut self) -> Snapshot {}
+}
+
+pub fn parse_document(
+    doc: &Document,
+    _desired: &Desired,
+) -> Result<ParsedDocument, Vec<DocumentError>> {
     Err(vec![DocumentError {
         file: doc.file.clone(),
         line: doc.line,
         field: None,
         message: "no CRD parser in this build".into(),
     }])
-}
-
-pub fn realize(
-    _policies: &[Policy],
-    _groups: &[Group],
-    _tiers: &[Tier],
-    _endpoints: &[EndpointSpec],
-    _namespaces: &[Namespace],
-) -> Result<Realized, String> {
-    Ok(Realized)
 }

@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
 
 use dfw::model::{Group, Namespace, Object, Policy, RuleId, Tier, Warning};
 use serde::{Deserialize, Serialize};
@@ -132,9 +131,13 @@ pub fn split_documents(file: &str, text: &str, content_type: ContentType) -> Vec
     docs
 }
 
-/// Parses one stored/applied document into exactly one object.
-pub fn parse_document(doc: &Document) -> Result<ParsedDocument, Vec<DocumentError>> {
-    crate::engine::parse_document(doc)
+/// Parses one stored/applied document into exactly one object. `context` supplies what a
+/// document may refer to (custom tiers).
+pub fn parse_document(
+    doc: &Document,
+    context: &Desired,
+) -> Result<ParsedDocument, Vec<DocumentError>> {
+    crate::engine::parse_document(doc, context)
 }
 
 /// The desired state the controller realizes: every parsed object plus the inventory.
@@ -164,43 +167,110 @@ impl Desired {
 #[derive(Debug)]
 pub struct RealizedState {
     pub revision: Revision,
+    /// Policies as enforced (audit settings applied).
     pub policies: Vec<Policy>,
     pub groups: Vec<Group>,
     pub tiers: Vec<Tier>,
     pub endpoints: Vec<EndpointSpec>,
     pub namespaces: Vec<Namespace>,
-    pub engine: crate::engine::Realized,
+    /// The engine's realized policy (per-endpoint tables, ipcache, `evaluate`).
+    pub snapshot: crate::engine::Snapshot,
 }
 
-/// Realizes a desired state. Fails when the engine refuses it (unknown tier, group cycle...),
-/// which is what makes an apply all-or-nothing beyond parse errors.
-pub fn realize(desired: &Desired, revision: Revision) -> Result<Arc<RealizedState>, String> {
-    let mut policies = Vec::new();
-    let mut groups = Vec::new();
-    let mut tiers = Vec::new();
-    for doc in desired.documents.values() {
-        match &doc.object {
-            Object::Policy(p) => {
-                let mut p = p.clone();
-                p.audit = p.audit || desired.audited(&p);
-                policies.push(p);
+impl RealizedState {
+    pub fn new(desired: &Desired, revision: Revision, snapshot: crate::engine::Snapshot) -> Self {
+        let mut policies = Vec::new();
+        let mut groups = Vec::new();
+        let mut tiers = Vec::new();
+        for object in effective_objects(desired).into_values() {
+            match object {
+                Object::Policy(p) => policies.push(p),
+                Object::Group(g) => groups.push(g),
+                Object::Tier(t) => tiers.push(t),
             }
-            Object::Group(g) => groups.push(g.clone()),
-            Object::Tier(t) => tiers.push(t.clone()),
+        }
+        Self {
+            revision,
+            policies,
+            groups,
+            tiers,
+            endpoints: desired.endpoints.values().cloned().collect(),
+            namespaces: desired.namespaces.values().cloned().collect(),
+            snapshot,
         }
     }
-    let endpoints: Vec<EndpointSpec> = desired.endpoints.values().cloned().collect();
-    let namespaces: Vec<Namespace> = desired.namespaces.values().cloned().collect();
-    let engine = crate::engine::realize(&policies, &groups, &tiers, &endpoints, &namespaces)?;
-    Ok(Arc::new(RealizedState {
-        revision,
-        policies,
-        groups,
-        tiers,
-        endpoints,
-        namespaces,
-        engine,
-    }))
+}
+
+/// The objects as the engine must see them: policies get the audit flag from the audit
+/// settings (on the policy or its namespace) on top of what the document says.
+pub fn effective_objects(desired: &Desired) -> BTreeMap<ResourceKey, Object> {
+    desired
+        .documents
+        .iter()
+        .map(|(key, doc)| {
+            let object = match &doc.object {
+                Object::Policy(p) if !p.audit && desired.audited(p) => {
+                    let mut p = p.clone();
+                    p.audit = true;
+                    Object::Policy(p)
+                }
+                other => other.clone(),
+            };
+            (key.clone(), object)
+        })
+        .collect()
+}
+
+/// What the engine must do to go from one desired state to another.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineChange {
+    pub upserts: Vec<Object>,
+    pub removals: Vec<ResourceKey>,
+    pub namespaces_upsert: Vec<Namespace>,
+    pub namespaces_remove: Vec<String>,
+    pub endpoints_upsert: Vec<EndpointSpec>,
+    pub endpoints_remove: Vec<dfw::model::EndpointKey>,
+}
+
+impl EngineChange {
+    /// The difference `old → new`; `between(new, old)` is its undo.
+    pub fn between(old: &Desired, new: &Desired) -> Self {
+        let (a, b) = (effective_objects(old), effective_objects(new));
+        let mut c = Self::default();
+        for (k, o) in &b {
+            if a.get(k) != Some(o) {
+                c.upserts.push(o.clone());
+            }
+        }
+        c.removals = a.keys().filter(|k| !b.contains_key(k)).cloned().collect();
+        for (k, n) in &new.namespaces {
+            if old.namespaces.get(k) != Some(n) {
+                c.namespaces_upsert.push(n.clone());
+            }
+        }
+        c.namespaces_remove = old
+            .namespaces
+            .keys()
+            .filter(|k| !new.namespaces.contains_key(*k))
+            .cloned()
+            .collect();
+        for (k, e) in &new.endpoints {
+            if old.endpoints.get(k) != Some(e) {
+                c.endpoints_upsert.push(e.clone());
+            }
+        }
+        c.endpoints_remove = old
+            .endpoints
+            .keys()
+            .filter(|k| !new.endpoints.contains_key(*k))
+            .cloned()
+            .collect();
+        c
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// What an apply/delete changes for one object.
