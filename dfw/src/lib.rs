@@ -3,5 +3,6 @@
 //! Pure logic: no I/O, no threads, no clock reads. Callers pass time in, so timeouts are
 //! tested with a fake clock.
 
+pub mod conntrack;
 pub mod flow;
 pub mod model;

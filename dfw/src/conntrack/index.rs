@@ -1,0 +1,315 @@
+//! Hash index from connection keys to slab slots: bucketized open addressing, one cache line
+//! per bucket.
+//!
+//! Why not `hashbrown`: a Swiss table keeps control bytes and values in different places, so a
+//! lookup in a table bigger than the caches costs three dependent misses (control group, value,
+//! slab entry). Here a bucket is a 64-byte line holding 8 16-bit signatures and 8 values: a
+//! lookup is one miss for the bucket plus the slab entry, and the bucket's address follows from
+//! the hash alone, so a burst of packets can touch all its buckets before the first compare
+//! (memory-level parallelism, the technique of DPDK's `rte_hash` bulk lookup).
+//!
+//! Overflow uses linear probing over buckets with F14-style overflow counts: a bucket counts
+//! the keys that probed past it because it was full. A lookup stops at the first bucket whose
+//! count is zero, and removal decrements the counts along the removed key's probe path, so
+//! there are no tombstones and no periodic rehash.
+//!
+//! Values are opaque `u32`s (the table stores `slot << 1 | direction`); keys are not stored:
+//! the caller's `eq` closure compares against the slab.
+
+/// Values per bucket.
+const WAYS: usize = 8;
+/// Marks a free way. Table values are `slot << 1 | dir` with slot < 2^31 - 1, never this.
+const EMPTY: u32 = u32::MAX;
+/// Grow when more than 3/4 of the ways are used (6 of 8 per bucket on average).
+const MAX_LOAD_NUM: usize = 3;
+const MAX_LOAD_DEN: usize = 4;
+
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct Bucket {
+    sig: [u16; WAYS],
+    val: [u32; WAYS],
+    /// Keys stored further on whose probe passed this bucket while it was full.
+    overflow: u32,
+}
+
+const EMPTY_BUCKET: Bucket = Bucket {
+    sig: [0; WAYS],
+    val: [EMPTY; WAYS],
+    overflow: 0,
+};
+
+impl Bucket {
+    /// Bit i set where way i holds signature `sig` (written so it compiles to a vector compare).
+    #[inline]
+    fn matches(&self, sig: u16) -> u32 {
+        let mut m = 0u32;
+        for (i, s) in self.sig.iter().enumerate() {
+            m |= u32::from(*s == sig) << i;
+        }
+        m
+    }
+
+    #[inline]
+    fn free_way(&self) -> Option<usize> {
+        self.val.iter().position(|&v| v == EMPTY)
+    }
+}
+
+#[inline]
+fn sig_of(hash: u64) -> u16 {
+    // High bits for the signature, low bits pick the bucket: independent parts of the hash.
+    (hash >> 48) as u16
+}
+
+pub(crate) struct Index {
+    /// Power-of-two length.
+    buckets: Vec<Bucket>,
+    mask: usize,
+    len: usize,
+}
+
+impl Index {
+    pub(crate) fn with_capacity(keys: usize) -> Self {
+        let n = Self::buckets_for(keys);
+        Self {
+            buckets: vec![EMPTY_BUCKET; n],
+            mask: n - 1,
+            len: 0,
+        }
+    }
+
+    fn buckets_for(keys: usize) -> usize {
+        let ways = keys.saturating_mul(MAX_LOAD_DEN).div_ceil(MAX_LOAD_NUM);
+        ways.div_ceil(WAYS).max(1).next_power_of_two()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn allocation_size(&self) -> usize {
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+    }
+
+    #[inline]
+    fn home(&self, hash: u64) -> usize {
+        hash as usize & self.mask
+    }
+
+    /// The value whose key has `hash` and satisfies `eq`.
+    #[inline]
+    pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        let sig = sig_of(hash);
+        let mut b = self.home(hash);
+        for _ in 0..self.buckets.len() {
+            let bucket = self.buckets.get(b)?;
+            let mut m = bucket.matches(sig);
+            while m != 0 {
+                let way = m.trailing_zeros() as usize;
+                m &= m - 1;
+                let v = bucket.val[way];
+                if v != EMPTY && eq(v) {
+                    return Some(v);
+                }
+            }
+            if bucket.overflow == 0 {
+                return None;
+            }
+            b = (b + 1) & self.mask;
+        }
+        None
+    }
+
+    /// Read the home bucket of `hash` so that its line is on its way into the cache, and
+    /// return the first value with a matching signature (a likely slab slot to touch next).
+    /// Loads only; results are hints.
+    #[inline]
+    pub(crate) fn touch(&self, hash: u64) -> Option<u32> {
+        let bucket = self.buckets.get(self.home(hash))?;
+        let m = bucket.matches(sig_of(hash));
+        if m == 0 {
+            None
+        } else {
+            Some(bucket.val[m.trailing_zeros() as usize])
+        }
+    }
+
+    /// Add `val` under `hash`. `rehash` gives the hash of any stored value, for growing.
+    pub(crate) fn insert(&mut self, hash: u64, val: u32, rehash: impl Fn(u32) -> u64) {
+        if (self.len + 1) * MAX_LOAD_DEN > self.buckets.len() * WAYS * MAX_LOAD_NUM {
+            self.grow(rehash);
+        }
+        self.insert_no_grow(hash, val);
+    }
+
+    fn insert_no_grow(&mut self, hash: u64, val: u32) {
+        let sig = sig_of(hash);
+        let mut b = self.home(hash);
+        // The load limit guarantees a free way; the bound only keeps the loop finite.
+        for _ in 0..self.buckets.len() {
+            let Some(bucket) = self.buckets.get_mut(b) else {
+                return;
+            };
+            if let Some(way) = bucket.free_way() {
+                bucket.sig[way] = sig;
+                bucket.val[way] = val;
+                self.len += 1;
+                return;
+            }
+            bucket.overflow += 1;
+            b = (b + 1) & self.mask;
+        }
+    }
+
+    fn grow(&mut self, rehash: impl Fn(u32) -> u64) {
+        let n = self.buckets.len() * 2;
+        let old = std::mem::replace(&mut self.buckets, vec![EMPTY_BUCKET; n]);
+        self.mask = n - 1;
+        self.len = 0;
+        for bucket in &old {
+            for &v in &bucket.val {
+                if v != EMPTY {
+                    self.insert_no_grow(rehash(v), v);
+                }
+            }
+        }
+    }
+
+    /// Remove `val`, stored under `hash`. Returns whether it was there.
+    pub(crate) fn remove(&mut self, hash: u64, val: u32) -> bool {
+        let home = self.home(hash);
+        let mut b = home;
+        for _ in 0..self.buckets.len() {
+            let Some(bucket) = self.buckets.get_mut(b) else {
+                return false;
+            };
+            if let Some(way) = bucket.val.iter().position(|&v| v == val) {
+                bucket.val[way] = EMPTY;
+                bucket.sig[way] = 0;
+                self.len -= 1;
+                // Undo the overflow counts this key added on its way from its home bucket.
+                let mut p = home;
+                while p != b {
+                    if let Some(passed) = self.buckets.get_mut(p) {
+                        passed.overflow = passed.overflow.saturating_sub(1);
+                    }
+                    p = (p + 1) & self.mask;
+                }
+                return true;
+            }
+            if bucket.overflow == 0 {
+                return false;
+            }
+            b = (b + 1) & self.mask;
+        }
+        false
+    }
+
+    #[cfg(test)]
+    pub(crate) fn values(&self) -> impl Iterator<Item = u32> + '_ {
+        self.buckets
+            .iter()
+            .flat_map(|b| b.val.iter().copied())
+            .filter(|&v| v != EMPTY)
+    }
+
+    /// Overflow counts and length recomputed from the stored values (tests only).
+    #[cfg(test)]
+    pub(crate) fn check(&self, rehash: impl Fn(u32) -> u64) -> Result<(), String> {
+        let mut expected = vec![0u32; self.buckets.len()];
+        let mut n = 0;
+        for (b, bucket) in self.buckets.iter().enumerate() {
+            for (way, &v) in bucket.val.iter().enumerate() {
+                if v == EMPTY {
+                    continue;
+                }
+                n += 1;
+                let h = rehash(v);
+                if bucket.sig[way] != sig_of(h) {
+                    return Err(format!("value {v}: wrong signature"));
+                }
+                let mut p = self.home(h);
+                while p != b {
+                    expected[p] += 1;
+                    p = (p + 1) & self.mask;
+                }
+            }
+        }
+        if n != self.len {
+            return Err(format!("index len {} but {n} values", self.len));
+        }
+        for (b, bucket) in self.buckets.iter().enumerate() {
+            if bucket.overflow != expected[b] {
+                return Err(format!(
+                    "bucket {b}: overflow {} expected {}",
+                    bucket.overflow, expected[b]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Identity-ish hash with forced collisions: values 0..n all land in 2 home buckets.
+    fn colliding(v: u32) -> u64 {
+        u64::from(v % 2) | u64::from(v) << 48
+    }
+
+    #[test]
+    fn overflowing_buckets_probe_and_remove_cleanly() {
+        let mut idx = Index::with_capacity(64);
+        let n = 40u32;
+        for v in 0..n {
+            idx.insert(colliding(v), v, colliding);
+        }
+        idx.check(colliding).unwrap();
+        for v in 0..n {
+            assert_eq!(idx.find(colliding(v), |x| x == v), Some(v));
+        }
+        assert_eq!(idx.find(colliding(1000), |x| x == 1000), None);
+        // Remove every other key, including ones in home buckets others overflowed from.
+        for v in (0..n).step_by(2) {
+            assert!(idx.remove(colliding(v), v));
+            assert!(!idx.remove(colliding(v), v));
+        }
+        idx.check(colliding).unwrap();
+        for v in 0..n {
+            let found = idx.find(colliding(v), |x| x == v);
+            assert_eq!(found.is_some(), v % 2 == 1, "{v}");
+        }
+        for v in (1..n).step_by(2) {
+            assert!(idx.remove(colliding(v), v));
+        }
+        idx.check(colliding).unwrap();
+        assert_eq!(idx.len(), 0);
+        assert!(idx.buckets.iter().all(|b| b.overflow == 0));
+    }
+
+    #[test]
+    fn grows_past_the_load_limit_and_keeps_everything() {
+        let h = |v: u32| u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut idx = Index::with_capacity(1);
+        let before = idx.buckets.len();
+        for v in 0..10_000 {
+            idx.insert(h(v), v, h);
+        }
+        assert!(idx.buckets.len() > before);
+        assert!(idx.len * MAX_LOAD_DEN <= idx.buckets.len() * WAYS * MAX_LOAD_NUM);
+        idx.check(h).unwrap();
+        for v in 0..10_000 {
+            assert_eq!(idx.find(h(v), |x| x == v), Some(v));
+        }
+        assert_eq!(idx.values().count(), 10_000);
+    }
+
+    #[test]
+    fn bucket_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Bucket>(), 64);
+    }
+}
