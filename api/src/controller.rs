@@ -195,6 +195,7 @@ impl Controller {
                             let err = DocumentError {
                                 file: document.file.clone(),
                                 line: document.line,
+                                column: None,
                                 field: None,
                                 message: format!(
                                     "stored as {key} but now parses as {}",
@@ -461,6 +462,7 @@ impl Controller {
                 errors.push(DocumentError {
                     file: p.document.file.clone(),
                     line: p.document.line,
+                    column: None,
                     field: Some("metadata.name".into()),
                     message: format!(
                         "{} is declared twice (first at {}:{})",
@@ -716,10 +718,23 @@ impl Controller {
                 warnings: Vec::new(),
             });
         }
+        let had_vnic = inner
+            .desired
+            .endpoints
+            .get(&key)
+            .is_some_and(|old| old.socket.is_some());
         let mut candidate = inner.desired.clone();
-        candidate.endpoints.insert(key, spec.clone());
+        candidate.endpoints.insert(key.clone(), spec.clone());
         let changes = vec![Change::Put(Resource::Endpoint(spec.clone()))];
         let (revision, mut warnings) = self.commit(&mut inner, candidate, changes)?;
+        if had_vnic && spec.socket.is_none() {
+            // The endpoint moved off this host (or lost its vNIC): tear the port down.
+            if let Some(dp) = self.data_plane() {
+                if let Err(e) = dp.remove_vnic(&key) {
+                    warnings.push(format!("removing the vNIC: {e}"));
+                }
+            }
+        }
         if spec.socket.is_some() {
             if let Some(dp) = self.data_plane() {
                 if let Err(e) = dp.add_vnic(&spec) {

@@ -31,6 +31,7 @@ pub fn parse_document(
     Err(vec![DocumentError {
         file: doc.file.clone(),
         line: doc.line,
+        column: None,
         field: None,
         message: "no CRD parser in this build".into(),
     }])

@@ -20,6 +20,9 @@ pub struct DocumentError {
     pub file: String,
     /// One-based line in `file`.
     pub line: usize,
+    /// One-based column, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
     /// Dotted path of the offending field (`spec.ingress[0].ports[1].port`), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
@@ -28,7 +31,11 @@ pub struct DocumentError {
 
 impl fmt::Display for DocumentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: ", self.file, self.line)?;
+        write!(f, "{}:{}:", self.file, self.line)?;
+        if let Some(c) = self.column {
+            write!(f, "{c}:")?;
+        }
+        f.write_str(" ")?;
         if let Some(field) = &self.field {
             write!(f, "{field}: ")?;
         }
