@@ -11,6 +11,7 @@ pub mod realized;
 pub mod refs;
 pub mod server;
 pub mod store;
+pub mod trace;
 pub mod types;
 pub mod yaml;
 
