@@ -24,6 +24,7 @@ use crate::realized::{
     RealizedState,
 };
 use crate::store::{Change, ChangeSet, Store, StoreError, Versioned};
+use crate::trace::{TraceRequest, TraceResult};
 use crate::types::{
     AuditSetting, AuditTarget, ContentType, Document, EndpointSpec, Resource, ResourceKey,
     ResourceKind, Revision,
@@ -853,6 +854,16 @@ impl Controller {
 
     pub fn audit_settings(&self) -> Result<Vec<AuditSetting>, ControllerError> {
         Ok(self.lock()?.desired.audit.values().cloned().collect())
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Trace
+    // -----------------------------------------------------------------------------------
+
+    /// Evaluates a hypothetical flow against the live realized state.
+    pub fn trace(&self, req: &TraceRequest) -> Result<TraceResult, ControllerError> {
+        crate::engine::trace(&self.realized().snapshot, req)
+            .map_err(|e| ControllerError::BadRequest(e.to_string()))
     }
 
     // -----------------------------------------------------------------------------------

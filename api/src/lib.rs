@@ -4,7 +4,7 @@
 pub mod client;
 pub mod controller;
 pub mod dataplane;
-mod engine;
+pub mod engine;
 pub mod flows;
 pub mod generate;
 pub mod realized;

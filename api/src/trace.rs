@@ -91,8 +91,12 @@ pub struct TraceResult {
     pub dst: TracePeer,
     pub protocol: String,
     pub port: u16,
-    pub egress: TraceDecision,
-    pub ingress: TraceDecision,
+    /// The sender's egress decision (absent when the source is not a known endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<TraceDecision>,
+    /// The receiver's ingress decision (absent when the destination is not one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<TraceDecision>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -598,9 +598,38 @@ impl Control for GrpcService {
 
     async fn trace(
         &self,
-        _req: Request<pb::TraceRequest>,
+        req: Request<pb::TraceRequest>,
     ) -> Result<Response<pb::TraceResponse>, Status> {
-        Err(Status::unimplemented("trace needs the dfw engine"))
+        let r = req.into_inner();
+        let port = u16::try_from(r.port)
+            .map_err(|_| bad(format!("port {} is not a port number", r.port)))?;
+        let req = crate::trace::TraceRequest {
+            src: r.src,
+            dst: r.dst,
+            protocol: if r.protocol.is_empty() {
+                "TCP".into()
+            } else {
+                r.protocol
+            },
+            port,
+            src_port: None,
+        };
+        let t = self.blocking(move |c| c.trace(&req)).await?;
+        let explanation = serde_json::to_string(&t).unwrap_or_default();
+        Ok(Response::new(pb::TraceResponse {
+            verdict: match t.verdict {
+                crate::trace::TraceVerdict::Allow => "allow",
+                crate::trace::TraceVerdict::Drop => "drop",
+                crate::trace::TraceVerdict::Reject => "reject",
+            }
+            .into(),
+            policy: t.policy.unwrap_or_default(),
+            rule: t.rule.unwrap_or_default(),
+            rule_id: t.rule_id.unwrap_or_default(),
+            log_label: t.log_label.unwrap_or_default(),
+            audit: t.audit,
+            explanation,
+        }))
     }
 
     async fn get_revision(

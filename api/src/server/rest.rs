@@ -23,6 +23,7 @@ use crate::flows::{FlowFilter, Followed};
 use crate::realized::DocumentError;
 use crate::refs;
 use crate::store::StoreError;
+use crate::trace::{TraceRequest, TraceResult};
 use crate::types::{AuditTarget, EndpointSpec, ResourceKey, ResourceKind, Revision};
 
 /// Error body of every failed call.
@@ -279,6 +280,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(list_audit).put(put_audit))
         .route("/v1/flows", get(flows))
         .route("/v1/stats", get(stats))
+        .route("/v1/trace", post(trace))
         .with_state(state)
 }
 
@@ -530,4 +532,14 @@ async fn stats(State(s): State<AppState>) -> Result<StatsBody> {
             .collect(),
         data_plane,
     }))
+}
+
+/// Evaluates a hypothetical flow against the live realized state: the verdict and the
+/// policy/rule that decides it.
+#[utoipa::path(post, path = "/v1/trace", request_body = TraceRequest,
+    responses((status = 200, body = TraceResult), (status = 400, body = ApiError)))]
+async fn trace(State(s): State<AppState>, Json(req): Json<TraceRequest>) -> Result<TraceResult> {
+    blocking(&s.controller, move |c| c.trace(&req))
+        .await
+        .map(Json)
 }
