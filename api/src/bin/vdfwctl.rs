@@ -111,6 +111,9 @@ enum Command {
         #[arg(long)]
         namespace: Option<String>,
     },
+    /// Trace a flow: live against the daemon (--src/--dst), or OFFLINE against files
+    /// (--policies/--inventory/--flows), printing one JSON verdict per flow line.
+    Trace(TraceArgs),
     /// Policy helpers.
     Policy {
         #[command(subcommand)]
@@ -118,6 +121,34 @@ enum Command {
     },
     /// The current store revision.
     Revision,
+}
+
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// Source: namespace/name or IP (live mode).
+    #[arg(long, required_unless_present = "flows", conflicts_with_all = ["policies", "inventory", "flows"])]
+    src: Option<String>,
+    /// Destination: namespace/name or IP (live mode).
+    #[arg(long, required_unless_present = "flows")]
+    dst: Option<String>,
+    /// TCP, UDP, SCTP, ICMP, ICMPv6 or a protocol number (live mode).
+    #[arg(long, default_value = "TCP")]
+    protocol: String,
+    /// Destination port (ICMP type for ICMP) (live mode).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Offline: policy files or directories (repeatable).
+    #[arg(long, requires_all = ["inventory", "flows"])]
+    policies: Vec<PathBuf>,
+    /// Offline: the endpoint inventory (YAML).
+    #[arg(long, requires = "flows")]
+    inventory: Option<PathBuf>,
+    /// Offline: JSON lines of flows ({"src": "ns/name" or IP, "dst": ..., "protocol": "TCP", "port": 8080}).
+    #[arg(long, requires_all = ["policies", "inventory"])]
+    flows: Option<PathBuf>,
+    /// Offline: drop what no rule decides, even for endpoints no policy isolates.
+    #[arg(long)]
+    default_deny: bool,
 }
 
 #[derive(Subcommand)]
@@ -357,6 +388,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 for p in &policies {
                     print!("---\n{}", api::yaml::to_yaml(p));
                 }
+            }
+        }
+        Command::Trace(t) => {
+            if let (Some(flows), Some(inventory)) = (&t.flows, &t.inventory) {
+                return offline_trace(&t.policies, inventory, flows, t.default_deny);
+            }
+            let (Some(src), Some(dst)) = (&t.src, &t.dst) else {
+                bail!(
+                    "give --src and --dst (live), or --policies, --inventory and --flows (offline)"
+                );
+            };
+            let req = api::trace::TraceRequest {
+                src: src.clone(),
+                dst: dst.clone(),
+                protocol: t.protocol.clone(),
+                port: t.port,
+                src_port: None,
+            };
+            let r: api::trace::TraceResult = client()?
+                .call(Method::POST, "/v1/trace", Some(&req))
+                .await?;
+            if json_out {
+                print_json(&r)?;
+            } else {
+                print_trace(&r);
             }
         }
         Command::Revision => {
@@ -777,4 +833,53 @@ fn print_stats(s: &Value) {
             r["rule_id"], r["rule"], r["hits"], r["packets"], r["bytes"], r["sessions"]
         );
     }
+}
+
+/// Offline trace: one JSON object per flow line on stdout.
+fn offline_trace(
+    policies: &[PathBuf],
+    inventory: &Path,
+    flows: &Path,
+    default_deny: bool,
+) -> Result<ExitCode> {
+    let snapshot = api::offline::realize(policies, inventory, default_deny)?;
+    let flows = api::offline::read_flows(flows)?;
+    let mut out = std::io::stdout().lock();
+    for (i, f) in flows.iter().enumerate() {
+        let r = api::engine::trace(&snapshot, f)
+            .map_err(|e| anyhow!("flow {} ({} -> {}): {e}", i + 1, f.src, f.dst))?;
+        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_trace(r: &api::trace::TraceResult) {
+    let end = |p: &api::trace::TracePeer| match &p.endpoint {
+        Some(e) => format!("{e} ({})", p.ip),
+        None => p.ip.clone(),
+    };
+    println!(
+        "{} -> {} {}/{}: {}{}",
+        end(&r.src),
+        end(&r.dst),
+        r.protocol,
+        r.port,
+        format!("{:?}", r.verdict).to_uppercase(),
+        if r.audit {
+            " (audit: would be dropped)"
+        } else {
+            ""
+        }
+    );
+    let mut by = format!("decided at {} by {}", r.direction, r.decided_by);
+    if let Some(p) = &r.policy {
+        by.push_str(&format!(" policy {p}"));
+    }
+    if let (Some(rule), Some(id)) = (&r.rule, &r.rule_id) {
+        by.push_str(&format!(" rule {rule} ({id})"));
+    }
+    if let Some(l) = &r.log_label {
+        by.push_str(&format!(" label {l}"));
+    }
+    println!("  {by}");
 }
