@@ -424,3 +424,30 @@ async fn openapi_document_is_served() {
     assert!(doc["components"]["schemas"].get("ChangeReport").is_some());
     h.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_flow_followers() {
+    let h = Harness::start().await;
+    let mut g = h.grpc_unix().await;
+    let mut grpc_stream = g
+        .observe(proto::ObserveRequest {
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rest = h.unix_client();
+    let rest_follow =
+        tokio::spawn(async move { rest.lines("/v1/flows?follow=true", |_| true).await });
+    // Let the REST follower connect before stopping.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), h.stop())
+        .await
+        .expect("shutdown must not wait for followers that never hang up");
+    assert!(matches!(grpc_stream.message().await, Ok(None) | Err(_)));
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), rest_follow)
+        .await
+        .expect("REST follower ended");
+    assert!(ended.is_ok());
+}

@@ -19,12 +19,19 @@ use crate::refs;
 use crate::store::StoreError;
 use crate::types::{AuditTarget, ContentType, EndpointSpec, MacAddr, SocketRole, VnicSocket};
 
-pub fn service(controller: Arc<Controller>) -> ControlServer<GrpcService> {
-    ControlServer::new(GrpcService { controller })
+pub fn service(
+    controller: Arc<Controller>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> ControlServer<GrpcService> {
+    ControlServer::new(GrpcService {
+        controller,
+        shutdown,
+    })
 }
 
 pub struct GrpcService {
     controller: Arc<Controller>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 fn status(e: ControllerError) -> Status {
@@ -514,6 +521,7 @@ impl Control for GrpcService {
         let follower = query.follow.then(|| ring.follow(filter.clone()));
         let history = ring.last(query.last.unwrap_or(20), &filter);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let flow = |r: &FlowRecord| pb::ObserveResponse {
                 event: Some(observe_response::Event::Flow(flow_to_pb(r))),
@@ -530,6 +538,7 @@ impl Control for GrpcService {
                 let next = tokio::select! {
                     n = follower.next() => n,
                     _ = tx.closed() => return,
+                    _ = super::stopping(shutdown.clone()) => return,
                 };
                 let msg = match next {
                     Some(Followed::Record(r)) => flow(&r),

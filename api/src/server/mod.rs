@@ -116,12 +116,18 @@ impl TcpConfig {
 pub struct AppState {
     pub controller: Arc<Controller>,
     pub metrics: Arc<Metrics>,
+    /// Turns true when the server stops: long-lived streams (flow followers) end then, so
+    /// graceful shutdown does not wait for clients that never hang up.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// The whole API (REST + gRPC + /metrics + /openapi.json), without authentication.
 pub fn router(state: AppState) -> Router {
-    let grpc =
-        tonic::service::Routes::new(grpc::service(state.controller.clone())).into_axum_router();
+    let grpc = tonic::service::Routes::new(grpc::service(
+        state.controller.clone(),
+        state.shutdown.clone(),
+    ))
+    .into_axum_router();
     rest::router(state.clone())
         .merge(grpc)
         .layer(middleware::from_fn_with_state(
@@ -197,6 +203,11 @@ async fn require_token(
         .into_response()
 }
 
+/// Resolves when the server is stopping.
+pub async fn stopping(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 /// Running listeners; dropping this does not stop them, call [`RunningServer::shutdown`].
 pub struct RunningServer {
     pub unix_socket: PathBuf,
@@ -245,12 +256,13 @@ pub async fn start(
     config: &ApiConfig,
 ) -> Result<RunningServer, ServerError> {
     let metrics = Arc::new(Metrics::new());
+    let (shutdown, rx) = watch::channel(false);
     let state = AppState {
         controller,
         metrics: metrics.clone(),
+        shutdown: rx.clone(),
     };
     let app = router(state);
-    let (shutdown, rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -274,6 +286,9 @@ pub async fn start(
             .map_err(io_err(tcp.listen))?;
         let addr = listener.local_addr().map_err(io_err(tcp.listen))?;
         tcp_addr = Some(addr);
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the TCP API listener is not on loopback and carries the bearer token in clear text: put it behind TLS or keep it on a management network");
+        }
         tracing::info!(%addr, "API listening (TCP, bearer token required)");
         let auth = AuthState {
             token: token.into(),

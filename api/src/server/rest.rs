@@ -473,6 +473,7 @@ async fn flows(State(s): State<AppState>, Query(q): Query<FlowQuery>) -> Respons
     let mut follower = q.follow.then(|| ring.follow(filter.clone()));
     let history = ring.last(q.last.unwrap_or(20), &filter);
     let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<String, Infallible>>(64);
+    let shutdown = s.shutdown.clone();
     tokio::spawn(async move {
         for r in history {
             if tx.send(Ok(json_line(&*r))).await.is_err() {
@@ -486,6 +487,7 @@ async fn flows(State(s): State<AppState>, Query(q): Query<FlowQuery>) -> Respons
             let next = tokio::select! {
                 n = follower.next() => n,
                 _ = tx.closed() => return,
+                _ = super::stopping(shutdown.clone()) => return,
             };
             let line = match next {
                 Some(Followed::Record(r)) => json_line(&*r),
