@@ -2,6 +2,7 @@
 //! Used by `vdfwctl` and the end-to-end tests.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
@@ -16,12 +17,14 @@ use crate::server::rest::ApiError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Unix(PathBuf),
-    /// `host:port`
+    /// `host:port`, cleartext
     Tcp(String),
+    /// `host:port`, TLS (see [`Client::with_tls`])
+    Tls(String),
 }
 
 impl Target {
-    /// `unix:/path`, a bare absolute path, or `http://host:port`.
+    /// `unix:/path`, a bare absolute path, `http://host:port` or `https://host:port`.
     pub fn parse(s: &str) -> Result<Self, ClientError> {
         if let Some(p) = s.strip_prefix("unix:") {
             Ok(Self::Unix(PathBuf::from(p.trim_start_matches("//"))))
@@ -29,6 +32,8 @@ impl Target {
             Ok(Self::Unix(PathBuf::from(s)))
         } else if let Some(hp) = s.strip_prefix("http://") {
             Ok(Self::Tcp(hp.trim_end_matches('/').to_string()))
+        } else if let Some(hp) = s.strip_prefix("https://") {
+            Ok(Self::Tls(hp.trim_end_matches('/').to_string()))
         } else {
             Err(ClientError::BadTarget(s.to_string()))
         }
@@ -40,14 +45,19 @@ impl std::fmt::Display for Target {
         match self {
             Self::Unix(p) => write!(f, "unix:{}", p.display()),
             Self::Tcp(hp) => write!(f, "http://{hp}"),
+            Self::Tls(hp) => write!(f, "https://{hp}"),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("bad server address {0:?}: use unix:/run/vdfw/api.sock or http://HOST:PORT")]
+    #[error(
+        "bad server address {0:?}: use unix:/run/vdfw/api.sock, http://HOST:PORT or https://HOST:PORT"
+    )]
     BadTarget(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot connect to vdfwd at {target}: {source} (is vdfwd running? are you root?)")]
     Connect {
         target: Target,
@@ -74,15 +84,69 @@ fn format_api_error(status: &StatusCode, e: &ApiError) -> String {
     s
 }
 
-#[derive(Debug, Clone)]
+/// Files for a TLS connection: the CA that signed the server certificate and, for mutual
+/// TLS, this client's certificate and key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone)]
 pub struct Client {
     target: Target,
     token: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("target", &self.target)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
     pub fn new(target: Target, token: Option<String>) -> Self {
-        Self { target, token }
+        Self {
+            target,
+            token,
+            tls: None,
+        }
+    }
+
+    /// Configures TLS for an `https://` target.
+    pub fn with_tls(mut self, files: &ClientTls) -> Result<Self, ClientError> {
+        use crate::server::tls::{read_certs, read_key, root_store};
+        let tls_err = |e: crate::server::ServerError| ClientError::Tls(e.to_string());
+        let ca = files.ca.as_ref().ok_or_else(|| {
+            ClientError::Tls("give the CA certificate that signed the server's (--cacert)".into())
+        })?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(root_store(ca).map_err(tls_err)?);
+        let mut config = match (&files.cert, &files.key) {
+            (Some(cert), Some(key)) => builder
+                .with_client_auth_cert(
+                    read_certs(cert).map_err(tls_err)?,
+                    read_key(key).map_err(tls_err)?,
+                )
+                .map_err(|e| ClientError::Tls(format!("{}: {e}", key.display())))?,
+            (None, None) => builder.with_no_client_auth(),
+            _ => {
+                return Err(ClientError::Tls(
+                    "a client certificate needs both --cert and --key".into(),
+                ));
+            }
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        self.tls = Some(Arc::new(config));
+        Ok(self)
     }
 
     /// Sends one request on a fresh connection and returns the status and streaming body.
@@ -108,6 +172,25 @@ impl Client {
             }
             Target::Tcp(hp) => {
                 let stream = tokio::net::TcpStream::connect(hp)
+                    .await
+                    .map_err(connect_err)?;
+                let (sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(conn);
+                (sender, hp.clone())
+            }
+            Target::Tls(hp) => {
+                let config = self.tls.clone().ok_or_else(|| {
+                    ClientError::Tls("https:// needs the server's CA certificate (--cacert)".into())
+                })?;
+                let host = host_of(hp);
+                let name = rustls_pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| ClientError::Tls(format!("server name {host:?}: {e}")))?;
+                let tcp = tokio::net::TcpStream::connect(hp)
+                    .await
+                    .map_err(connect_err)?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
                     .await
                     .map_err(connect_err)?;
                 let (sender, conn) =
@@ -199,6 +282,14 @@ impl Client {
     }
 }
 
+/// The host part of `host:port` / `[v6]:port`.
+fn host_of(hp: &str) -> &str {
+    if let Some(rest) = hp.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    hp.rsplit_once(':').map_or(hp, |(h, _)| h)
+}
+
 /// Percent-encodes a path segment or query value.
 pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -231,7 +322,13 @@ mod tests {
             Target::parse("http://127.0.0.1:7443/").unwrap(),
             Target::Tcp("127.0.0.1:7443".into())
         );
-        assert!(Target::parse("https://x").is_err());
+        assert_eq!(
+            Target::parse("https://h:1").unwrap(),
+            Target::Tls("h:1".into())
+        );
+        assert!(Target::parse("ftp://x").is_err());
+        assert_eq!(host_of("127.0.0.1:7443"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7443"), "::1");
         assert_eq!(encode("a b=c,d"), "a%20b%3Dc%2Cd");
     }
 }

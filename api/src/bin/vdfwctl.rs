@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context, Result};
-use api::client::{encode, Client, Target};
+use api::client::{encode, Client, ClientTls, Target};
 use api::controller::{ChangeReport, InputFile, MutationReport, ObjectInfo, ObjectStatus};
 use api::flows::FlowRecord;
 use api::generate::{generate, PolicyFlavor};
@@ -26,7 +26,7 @@ use serde_json::{json, Value};
     about = "Control a vdfw host: policies, endpoints, flows"
 )]
 struct Cli {
-    /// vdfwd API address: unix:/path or http://HOST:PORT (TCP needs --token).
+    /// vdfwd API address: unix:/path, http://HOST:PORT or https://HOST:PORT (TCP needs --token).
     #[arg(
         short,
         long,
@@ -38,6 +38,15 @@ struct Cli {
     /// Bearer token for the TCP listener.
     #[arg(long, global = true, env = "VDFW_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// CA certificate (PEM) that signed the server's, for https:// servers.
+    #[arg(long, global = true, env = "VDFW_CACERT")]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "VDFW_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(long, global = true, env = "VDFW_KEY", requires = "cert")]
+    key: Option<PathBuf>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Human)]
     output: Output,
@@ -243,8 +252,19 @@ fn print_json<T: Serialize>(v: &T) -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let client =
-        || -> Result<Client> { Ok(Client::new(Target::parse(&cli.server)?, cli.token.clone())) };
+    let client = || -> Result<Client> {
+        let target = Target::parse(&cli.server)?;
+        let tls = matches!(target, Target::Tls(_));
+        let client = Client::new(target, cli.token.clone());
+        if !tls {
+            return Ok(client);
+        }
+        Ok(client.with_tls(&ClientTls {
+            ca: cli.cacert.clone(),
+            cert: cli.cert.clone(),
+            key: cli.key.clone(),
+        })?)
+    };
     let json_out = cli.output == Output::Json;
     match &cli.command {
         Command::Apply { files, dry_run } => {

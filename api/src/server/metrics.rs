@@ -26,6 +26,7 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<Labels, Counter>,
     pub auth_failures: Counter,
+    pub tls_handshake_failures: Counter,
     revision: Gauge,
     objects: Family<Labels, Gauge>,
     objects_failed: Gauge,
@@ -59,6 +60,7 @@ impl Metrics {
         let m = Self {
             requests: Family::default(),
             auth_failures: Counter::default(),
+            tls_handshake_failures: Counter::default(),
             revision: Gauge::default(),
             objects: Family::default(),
             objects_failed: Gauge::default(),
@@ -77,6 +79,11 @@ impl Metrics {
             "api_auth_failures",
             "API calls refused for a missing or wrong bearer token",
             m.auth_failures.clone(),
+        );
+        registry.register(
+            "api_tls_handshake_failures",
+            "TCP API connections refused during the TLS handshake (e.g. no or untrusted client certificate)",
+            m.tls_handshake_failures.clone(),
         );
         registry.register(
             "store_revision",

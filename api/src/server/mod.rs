@@ -12,6 +12,7 @@
 pub mod grpc;
 mod metrics;
 pub mod rest;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,9 @@ pub struct TcpConfig {
     /// ...or read from a file (first line), which keeps it out of the main config.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Serve TLS (and, with `client_ca`, require client certificates) instead of cleartext.
+    #[serde(default)]
+    pub tls: Option<tls::TlsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +86,8 @@ pub enum ServerError {
     MissingToken(SocketAddr),
     #[error("{0}: {1} exists and is not a socket; refusing to replace it")]
     NotASocket(String, PathBuf),
+    #[error("API TLS configuration: {0}")]
+    Tls(String),
 }
 
 fn io_err(path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> ServerError {
@@ -156,7 +162,7 @@ fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
 
 async fn require_token(
     State(auth): State<AuthState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(tls::Peer(peer)): ConnectInfo<tls::Peer>,
     req: Request<Body>,
     next: Next,
 ) -> Response {
@@ -281,28 +287,45 @@ pub async fn start(
     let mut tcp_addr = None;
     if let Some(tcp) = &config.tcp {
         let token = tcp.resolve_token()?;
+        let tls_config = tcp.tls.as_ref().map(tls::server_config).transpose()?;
         let listener = TcpListener::bind(tcp.listen)
             .await
             .map_err(io_err(tcp.listen))?;
         let addr = listener.local_addr().map_err(io_err(tcp.listen))?;
         tcp_addr = Some(addr);
-        if !addr.ip().is_loopback() {
-            tracing::warn!(%addr, "the TCP API listener is not on loopback and carries the bearer token in clear text: put it behind TLS or keep it on a management network");
+        let mode = match &tcp.tls {
+            Some(t) if t.client_ca.is_some() => "mutual TLS + bearer token",
+            Some(_) => "TLS + bearer token",
+            None => "cleartext, bearer token",
+        };
+        tracing::info!(%addr, "API listening (TCP, {mode})");
+        if tls_config.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "the TCP API listener is not on loopback and carries the bearer token in clear text: configure api.tcp.tls");
         }
-        tracing::info!(%addr, "API listening (TCP, bearer token required)");
         let auth = AuthState {
             token: token.into(),
-            metrics,
+            metrics: metrics.clone(),
         };
-        let tcp_app = app.layer(middleware::from_fn_with_state(auth, require_token));
-        tasks.push(tokio::spawn(async move {
-            axum::serve(
-                listener,
-                tcp_app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(stopped(rx))
-            .await
-        }));
+        let tcp_app = app
+            .layer(middleware::from_fn_with_state(auth, require_token))
+            .into_make_service_with_connect_info::<tls::Peer>();
+        let done = stopped(rx);
+        tasks.push(match tls_config {
+            Some(cfg) => {
+                let listener =
+                    tls::TlsListener::new(listener, cfg, metrics).map_err(io_err(tcp.listen))?;
+                tokio::spawn(async move {
+                    axum::serve(listener, tcp_app)
+                        .with_graceful_shutdown(done)
+                        .await
+                })
+            }
+            None => tokio::spawn(async move {
+                axum::serve(listener, tcp_app)
+                    .with_graceful_shutdown(done)
+                    .await
+            }),
+        });
     }
     Ok(RunningServer {
         unix_socket: config.unix_socket.clone(),
@@ -343,6 +366,7 @@ mod tests {
             token: Some(" abc ".into()),
             ..tcp
         };
+        assert!(with.tls.is_none());
         assert_eq!(with.resolve_token().unwrap(), "abc");
         assert_eq!(
             ApiConfig::default().unix_socket,

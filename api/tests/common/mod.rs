@@ -38,6 +38,7 @@ impl Harness {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 token: Some(TOKEN.into()),
                 token_file: None,
+                tls: None,
             }),
         };
         let server = api::server::start(controller.clone(), &config)
