@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // No `connect()` helpers: callers build their own channel (unix socket, TLS), so the
+        // library does not need tonic's client transport.
+        .build_transport(false)
         .compile_protos(&["proto/vdfw/v1/control.proto"], &["proto"])?;
     Ok(())
 }
