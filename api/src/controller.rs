@@ -678,6 +678,13 @@ impl Controller {
         validate_name("endpoint name", &spec.name)?;
         validate_name("endpoint namespace", &spec.namespace)?;
         if let Some(sock) = &spec.socket {
+            if spec.mac.is_none() {
+                return Err(ControllerError::BadRequest(format!(
+                    "endpoint {}: a vNIC (socket {}) needs its MAC address (the switch and the spoof guard bind to it)",
+                    spec.key(),
+                    sock.path.display()
+                )));
+            }
             if !sock.path.is_absolute() {
                 return Err(ControllerError::BadRequest(format!(
                     "endpoint {}: socket path {} must be absolute",

@@ -82,7 +82,11 @@ fn ep(name: &str, ip: &str, socket: bool) -> EndpointSpec {
         name: name.into(),
         namespace: "prod".into(),
         labels: [("app".to_string(), name.to_string())].into(),
-        mac: None,
+        // A vNIC needs a MAC; derive a distinct one from the IP.
+        mac: socket.then(|| {
+            let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+            api::types::MacAddr([0x52, 0x54, 0, 0, 0, last])
+        }),
         ips: vec![ip.parse().unwrap()],
         named_ports: Default::default(),
         socket: socket.then(|| VnicSocket {
@@ -185,6 +189,13 @@ fn offline_controller_works_without_a_data_plane() {
     assert!(c.data_plane_stats().unwrap().is_none());
     c.upsert_endpoint(ep("web-0", "10.0.0.1", true)).unwrap();
     assert_eq!(c.realized().endpoints.len(), 1);
+    // A vNIC without a MAC is refused with the reason.
+    let mut no_mac = ep("web-1", "10.0.0.9", true);
+    no_mac.mac = None;
+    match c.upsert_endpoint(no_mac) {
+        Err(ControllerError::BadRequest(m)) => assert!(m.contains("needs its MAC"), "{m}"),
+        other => panic!("expected BadRequest, got {other:?}"),
+    }
     // Removing something that is not there is an error, and changes nothing.
     let missing = EndpointKey {
         namespace: "prod".into(),
