@@ -364,6 +364,7 @@ class Settings:
     window: float
     link_timeout: float = 90.0
     settle: float = 1.0
+    flows_fill_max: float = 30.0
     tx_first_bursts: int = 16
 
 
@@ -408,6 +409,8 @@ class Generator:
             self.tp.send(f"start tx_first {st.tx_first_bursts}")
         else:
             self.tp.send("start")
+            if self.case.flows < FLOWGEN_MAX:
+                self._visit_all_flows(st)
         time.sleep(st.warmup)
         samples = [self.tp.port_stats(self.nports)]
         n = max(1, round(st.window))
@@ -435,9 +438,24 @@ class Generator:
             "rx_packets_by_port": {str(p): sb[p]["RX-packets"] for p in sb},
             "tx_packets_by_port": {str(p): sb[p]["TX-packets"] for p in sb},
             "window_s": round(tb - ta, 3),
+            # flowgen: flows sent at least once before the window (capped wait; see README).
+            "flows_visited": min(getattr(self, "flows_visited", 0), self.case.flows)
+            if self.case.mode == "flowgen" and self.case.flows < FLOWGEN_MAX else None,
             # Sent but not received by the end: packets in flight plus packets lost.
             "unreturned": sum(sb[p]["TX-packets"] - sb[p]["RX-packets"] for p in sb),
         }
+
+    def _visit_all_flows(self, st: Settings) -> None:
+        """Waits until port 0 has sent every flow once, so the window sees a table of `flows`
+        entries rather than new connections. flowgen advances its flow counter only for
+        packets the ring accepted, so TX-packets counts flows visited."""
+        deadline = time.monotonic() + st.flows_fill_max
+        while True:
+            _, s = self.tp.port_stats(self.nports)
+            self.flows_visited = s[0]["TX-packets"]
+            if self.flows_visited >= self.case.flows or time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
 
     def stop(self) -> None:
         self.tp.stop()
@@ -780,13 +798,16 @@ def vdfwd_policies(rules: int, deny: bool) -> dict[str, str]:
 
     vNIC A (role=bench-a) and B (role=bench-b) are both isolated in both directions, like the
     OVS security-group flows: A may open UDP to B port 1001 (or port 1002 when `deny`, which
-    the traffic never uses), B may open nothing; replies pass only through connection
+    the traffic never uses), B may open nothing. The allowing rule names B by label and also
+    `0.0.0.0/0`: flowgen's destinations run from 10.253.0.0 upwards past 10.253/16 (1M flows
+    reach 11.12.x.x; they never leave the vhost-user loop), and the OVS rule has no nw_dst
+    either; replies pass only through connection
     tracking. `rules` counts A's egress rules, the allowing one included; the others name TCP
     ports on /32s in 172.16/12 that no packet matches.
     """
     port = UDP_DST + 1 if deny else UDP_DST
     allow = (f"    - to:\n        - podSelector:\n            matchLabels: {{role: bench-b}}\n"
-             f"        - ipBlock:\n            cidr: 10.253.0.0/16\n"
+             f"        - ipBlock:\n            cidr: 0.0.0.0/0\n"
              f"      ports:\n        - protocol: UDP\n          port: {port}\n")
     files: dict[str, str] = {}
     per_file = 1000
@@ -1071,11 +1092,17 @@ def plot(results_json: Path, png: Path) -> Optional[str]:
     figs = [("established", "frame bytes", False), ("rules", "rules", True), ("flows", "concurrent flows", True),
             ("vnics", "vNICs", True)]
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    colors = {"ceiling": "tab:gray", "ovs": "tab:blue", "ovs-ct": "tab:orange", "vdfwd": "tab:green"}
     for ax, (name, xl, logx) in zip(axes.flat, figs):
         for subj in sorted({r["subject"] for r in res}):
-            pts = sorted((r["x"], r["mpps"]) for r in res if r["figure"] == name and r["subject"] == subj)
+            pts = sorted((r["x"], r["mpps"], r["mpps_min"], r["mpps_max"]) for r in res
+                         if r["figure"] == name and r["subject"] == subj)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=subj)
+                # Error bars: the slowest and fastest 1-s interval of the window.
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                            yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                            marker="o", capsize=3, label=subj, color=colors.get(subj))
+        ax.set_ylim(bottom=0)
         ax.set_title(f"Mpps vs {xl}")
         ax.set_xlabel(xl)
         ax.set_ylabel("Mpps (delivered)")
@@ -1087,7 +1114,7 @@ def plot(results_json: Path, png: Path) -> Optional[str]:
     for subj in sorted({r["subject"] for r in res}):
         pts = sorted((r["x"], r["gbps"]) for r in res if r["figure"] == "established" and r["subject"] == subj)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=subj)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=subj, color=colors.get(subj))
     ax.set_title("Gbps vs frame bytes (established)")
     ax.set_xlabel("frame bytes")
     ax.set_ylabel("Gbps")
@@ -1095,7 +1122,7 @@ def plot(results_json: Path, png: Path) -> Optional[str]:
     ax.legend()
     ax = axes.flat[5]
     nc = [r for r in res if r["figure"] == "newconn"]
-    ax.bar([r["subject"] for r in nc], [r["mpps"] for r in nc])
+    ax.bar([r["subject"] for r in nc], [r["mpps"] for r in nc], color=[colors.get(r["subject"]) for r in nc])
     ax.set_title("new connections per second (M/s)")
     m = doc["machine"]
     fig.suptitle(f"vdfw bench, {m['date']}: {m['nproc']} CPUs {m['cpu_model']}, kernel {m['kernel']} "
