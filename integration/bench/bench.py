@@ -44,7 +44,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -214,6 +214,7 @@ def rss_of(pid: int) -> dict:
 
 
 class Testpmd:
+    started = 0  # numbers the log files: one per process
     def __init__(self, name: str, lcores: str, main_lcore: int, vdevs: list[str], app: list[str],
                  run_dir: Path, mem_mb: int = 512) -> None:
         self.name = name
@@ -224,7 +225,8 @@ class Testpmd:
             eal += ["--vdev", v]
         # stdout is a pipe: without stdbuf testpmd's answers sit in a 4 KiB stdio buffer.
         argv = ["stdbuf", "-oL", "dpdk-testpmd", *eal, "--", "-i", *app]
-        self.proc = Proc(name, argv, run_dir / f"{name}.log", stdin_pipe=True)
+        Testpmd.started += 1
+        self.proc = Proc(name, argv, run_dir / f"{name}-{Testpmd.started:03d}.log", stdin_pipe=True)
         # DPDK leaves /var/run/dpdk/<prefix>/ behind; remove ours after the process is gone
         # (pushed after the process, so it runs first... hence remove in stop()).
         self._rundir = Path("/var/run/dpdk") / prefix
@@ -1004,22 +1006,56 @@ def _measure_once(subject: Subject, case: Case, run_dir: Path, st: Settings) -> 
     return res
 
 
+def combine_rounds(r: dict) -> None:
+    """Folds a row's rounds into one: median Mpps/Gbps of the rounds, min..max over all
+    intervals, counters summed (so a single forwarded packet in any round shows)."""
+    rounds = r.pop("_rounds", None)
+    if rounds is None:
+        return
+    ok = [m for m in rounds if m.get("mpps") is not None]
+    r["rounds_mpps"] = [m.get("mpps") for m in rounds]
+    errors = [m["error"] for m in rounds if m.get("error")]
+    if errors:
+        r["error"] = "; ".join(errors)
+    if not ok:
+        r["mpps"] = None
+        r.setdefault("error", "interrupted before it ran")
+        return
+    last = ok[-1]
+    r.update({k: v for k, v in last.items() if k not in ("mpps", "gbps", "mpps_min", "mpps_max", "mpps_mean")})
+    r["mpps"] = statistics.median(m["mpps"] for m in ok)
+    r["gbps"] = statistics.median(m["gbps"] for m in ok)
+    r["mpps_min"] = min(m["mpps_min"] for m in ok)
+    r["mpps_max"] = max(m["mpps_max"] for m in ok)
+    for k in ("rx_packets_by_port", "tx_packets_by_port"):
+        tot: dict[str, int] = {}
+        for m in ok:
+            for p, v in m[k].items():
+                tot[p] = tot.get(p, 0) + v
+        r[k] = tot
+
+
 def add_ratios(rows: list[dict]) -> None:
-    """Each row's Mpps as a ratio to the ceiling and to OVS+ct for the same traffic."""
+    """Each row's Mpps as a ratio to the ceiling's and to OVS+ct's for the same traffic.
+
+    With several rounds the ratio is the median of per-round ratios: subjects of one round ran
+    minutes apart at most, so the machine's background load cancels out better."""
     by = {(r["subject"], r["case"]): r for r in rows if r.get("mpps") is not None}
     for r in rows:
         if r.get("mpps") is None:
             continue
-        ref_case = r["case"]
         c = r["_case"]
         for ref, col in (("ceiling", "vs_ceiling"), ("ovs-ct", "vs_ovs_ct")):
-            key = ref_case
+            key = r["case"]
             if ref == "ceiling" and c.figure == "rules":
                 # The ceiling has no rules: compare with its established 64 B rate.
                 key = Case("established", "loop", frame=c.frame).key
             ref_row = by.get((ref, key))
-            if ref_row and ref_row["mpps"] > 0:
-                r[col] = r["mpps"] / ref_row["mpps"]
+            if not ref_row or not ref_row["mpps"]:
+                continue
+            pairs = [(a, b) for a, b in zip(r["rounds_mpps"], ref_row["rounds_mpps"]) if a is not None and b]
+            if pairs:
+                r[col] = statistics.median(a / b for a, b in pairs)
 
 
 def print_table(rows: list[dict], info: dict, out=sys.stdout) -> None:
@@ -1063,12 +1099,12 @@ def write_outputs(out_dir: Path, rows: list[dict], info: dict, subjects: list[di
            "results": clean}
     (out_dir / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     cols = ["figure", "x", "subject", "mode", "frame", "flows", "rules", "vnics", "deny", "mpps", "mpps_min",
-            "mpps_max", "gbps", "vs_ceiling", "vs_ovs_ct", "rss_kb", "conntrack_entries", "skipped", "error"]
+            "mpps_max", "rounds_mpps", "gbps", "vs_ceiling", "vs_ovs_ct", "rss_kb", "conntrack_entries", "skipped", "error"]
     with open(out_dir / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for r in clean:
-            w.writerow([json.dumps(r[c]) if isinstance(r.get(c), dict) else r.get(c, "") for c in cols])
+            w.writerow([json.dumps(r[c]) if isinstance(r.get(c), (dict, list)) else r.get(c, "") for c in cols])
     with open(out_dir / "table.txt", "w") as f:
         print_table(rows, info, out=f)
 
@@ -1146,6 +1182,7 @@ def main() -> int:
     ap.add_argument("--vdfwd-arg", action="append", default=[], help="extra vdfwd argument (repeatable)")
     ap.add_argument("--warmup", type=float, help="seconds before sampling (default 1.5, smoke 1)")
     ap.add_argument("--window", type=float, help="sampling window in seconds (default 4, smoke 2)")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds per case (subjects interleaved in each round)")
     ap.add_argument("--frames", type=parse_list, default=[64, 512, 1500])
     ap.add_argument("--rules", type=parse_list, default=[10, 100, 1000, 10000, 100000])
     ap.add_argument("--flows", type=parse_list, default=[1, 100, 10000, 100000, 1000000])
@@ -1230,31 +1267,34 @@ def main() -> int:
                 continue
             live.append(sname)
         for c in cases:
+            measured = []
             for sname in live:
                 subj = all_subjects[sname]
                 row = {"subject": sname, "case": c.key, "_case": c}
+                rows.append(row)
                 why = subj.skip(c)
                 if c.figure.startswith("smoke") and sname == "ceiling" and c.deny:
                     why = "the ceiling has no policy"
                 if why:
                     row.update(mpps=None, skipped=why)
-                    rows.append(row)
-                    continue
-                log(f"{sname}: {c.key}")
-                subj.resume()
-                try:
-                    row.update(measure_one(subj, c, run_dir, st))
-                    log(f"{sname}: {c.key}: {row['mpps']:.3f} Mpps, {row['gbps']:.2f} Gbps")
-                except (RuntimeError, TimeoutError, OSError) as e:
-                    row.update(mpps=None, error=str(e))
-                    log(f"{sname}: {c.key}: ERROR {e}")
-                finally:
-                    subj.pause()
-                rows.append(row)
-        order = {n: i for i, n in enumerate(wanted)}
-        rows.sort(key=lambda r: order[r["subject"]])
-        if args.smoke:
-            failures = smoke_verdict(rows, wanted, all_subjects, args.min_smoke_mpps)
+                else:
+                    row["_rounds"] = []
+                    measured.append((subj, row))
+            # Rounds: each subject in turn, then again; ratios are taken per round (paired).
+            for rnd in range(args.repeat):
+                for subj, row in measured:
+                    tag = f"{subj.name}: {c.key}" + (f" (round {rnd + 1}/{args.repeat})" if args.repeat > 1 else "")
+                    log(tag)
+                    subj.resume()
+                    try:
+                        m = measure_one(subj, c, run_dir, st)
+                        log(f"{tag}: {m['mpps']:.3f} Mpps, {m['gbps']:.2f} Gbps")
+                    except (RuntimeError, TimeoutError, OSError) as e:
+                        m = {"mpps": None, "error": str(e)}
+                        log(f"{tag}: ERROR {e}")
+                    finally:
+                        subj.pause()
+                    row["_rounds"].append(m)
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); cleaning up")
         failures.append("interrupted")
@@ -1266,6 +1306,12 @@ def main() -> int:
         finally:
             CLEANUP.run_all()
 
+    for r in rows:
+        combine_rounds(r)
+    order = {n: i for i, n in enumerate(wanted)}
+    rows.sort(key=lambda r: order[r["subject"]])
+    if args.smoke and "interrupted" not in failures:
+        failures += smoke_verdict(rows, wanted, all_subjects, args.min_smoke_mpps)
     add_ratios(rows)
     info["elapsed_s"] = round(time.monotonic() - t_start, 1)
     info["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -1309,6 +1355,18 @@ def find_vdfwd(smoke: bool, build: bool) -> Optional[Path]:
     return None
 
 
+def vnic_counter(counters, vnic: str, key: str) -> Optional[int]:
+    """A per-vNIC counter from vdfwd's counters.json (a list of vNIC objects), if present."""
+    if isinstance(counters, dict):
+        counters = counters.get("vnics") or counters.get("ports")
+    if not isinstance(counters, list):
+        return None
+    for v in counters:
+        if isinstance(v, dict) and v.get("name") == vnic and isinstance(v.get(key), int):
+            return v[key]
+    return None
+
+
 def smoke_verdict(rows: list[dict], wanted: list[str], subjects: dict[str, Subject], min_mpps: float) -> list[str]:
     """CI rules: the ceiling must move packets; vdfwd must forward with the allowing policy and
     forward nothing A -> B (generator port 1 receives nothing) with the denying one."""
@@ -1330,6 +1388,14 @@ def smoke_verdict(rows: list[dict], wanted: list[str], subjects: dict[str, Subje
                 fails.append(f"vdfwd deny run failed: {deny and deny.get('error')}")
             elif int(deny["rx_packets_by_port"].get("1", 0)) > 0:
                 fails.append(f"vdfwd forwarded {deny['rx_packets_by_port']['1']} packets A->B that the policy denies")
+            else:
+                # Nothing forwarded proves something only if vdfwd received A's traffic.
+                seen = vnic_counter(deny.get("counters"), "bench-a0", "tx_packets")
+                if seen is None:
+                    log("smoke: vdfwd counters.json has no tx_packets for bench-a0; cannot confirm the "
+                        "denied traffic reached vdfwd")
+                elif seen == 0:
+                    fails.append("vdfwd received nothing from vNIC A in the deny run: the deny check proves nothing")
     return fails
 
 
