@@ -27,6 +27,12 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// The pseudo-label through which Cilium selectors name an endpoint's namespace.
 pub const CILIUM_NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 
+/// Prefix of the pseudo-labels through which Cilium selectors name the labels of an
+/// endpoint's namespace: `io.cilium.k8s.namespace.labels.team: pay` selects endpoints whose
+/// namespace has `team: pay`. Like [`CILIUM_NAMESPACE_LABEL`], such keys stay in the label
+/// selector; whoever matches Cilium selectors gives each endpoint these pseudo-labels.
+pub const CILIUM_NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+
 // ---------------------------------------------------------------------------------------------
 // Selectors
 // ---------------------------------------------------------------------------------------------
@@ -479,6 +485,10 @@ pub struct Policy {
     /// Directions in which the selected endpoints become isolated (default-deny for what the
     /// rules do not allow): K8s `policyTypes`; Cilium directions that have rules. Antrea
     /// policies isolate nothing: their rules are explicit.
+    ///
+    /// When `applied_to` is empty (every rule carries its own `applied_to`: a Cilium policy
+    /// with several `specs` selecting different endpoints), a direction listed here isolates
+    /// the endpoints that the rules *of that direction* apply to.
     pub isolates: Vec<Direction>,
     /// In order: rule order matters for Antrea (first match wins).
     pub rules: Vec<Rule>,

@@ -1,0 +1,34 @@
+//! Integration-test harness for vdfw: real peers, driven from Rust tests.
+//!
+//! - [`Guest`]: a small Linux guest under QEMU (TCG) on a vhost-user socket, driven interactively over
+//!   its serial console ([`Guest::exec`], [`Guest::spawn`], [`Guest::tcp_connect`], [`Guest::ping`]).
+//! - [`Testpmd`]: DPDK testpmd as an independent vhost-user backend or virtio-user frontend.
+//! - [`NetNs`]: a private network namespace (bridge, TAP, addresses) removed on drop.
+//! - [`cargo_bin`]: builds and locates a workspace binary such as `vdfwd`.
+//! - [`require`]: turns missing prerequisites (root, QEMU, testpmd) into a clear failure that names
+//!   `integration/scripts/install-deps.sh`, instead of a silent pass.
+//!
+//! Every address a test uses lives inside guests or namespaces the test created; nothing here sends
+//! traffic through the machine's own interfaces.
+
+mod console;
+mod error;
+mod guest;
+mod netns;
+mod paths;
+mod prereq;
+mod process;
+mod testpmd;
+
+pub use error::{Error, Result};
+pub use guest::{
+    Background, CommandOutput, ConnectOutcome, Guest, GuestSpec, MacAddr, NicSpec, SocketRole,
+};
+pub use netns::NetNs;
+pub use paths::{cargo_bin, guest_image, workspace_root, GuestImage};
+pub use prereq::{require, Prereq};
+pub use testpmd::{PortStats, Testpmd, TestpmdSpec, Vdev};
+
+/// Re-exported so tests can make scratch directories (vhost-user sockets, logs) without another
+/// dev-dependency.
+pub use tempfile;

@@ -1,0 +1,439 @@
+//! `VhostUserBackend` for one vNIC session.
+//!
+//! One [`VnicBackend`] lives for one frontend connection (a reconnect gets a fresh one: the
+//! crate's handler refuses a second SET_OWNER, and fresh vrings/memory avoid stale state). The
+//! long-lived port state ([`VnicPort`]) is shared across sessions.
+//!
+//! Threads and queue ownership: the crate runs one message thread and, as configured by
+//! `queues_per_thread`, one worker thread per vNIC that owns both virtqueues. The worker
+//! handles TX kicks, RX kicks (guest posted buffers) and the inbox doorbell (frames from other
+//! ports). Each queue's state sits behind its own lock (the `&self` trait, not the `Mut`
+//! wrapper that serialises every event behind one lock), so moving the queues to separate
+//! workers is a one-line change.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tracing::{debug, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringMutex, VringState, VringT};
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_S_LINK_UP};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::queues::{
+    available_chains, copy_tx_chain, write_rx_frame, RxError, RxScratch, TxBuffer,
+};
+use super::{MAX_QUEUE_SIZE, NUM_QUEUES, OFFERED_FEATURES, RX_QUEUE, TX_QUEUE};
+use crate::counters::DropReason;
+use crate::net_hdr::{vnet_hdr_len, OffloadSet, VirtioNetHdr};
+use crate::offload::{plan_rx, segment_tcp, RxAction};
+use crate::pipeline::{Pipeline, Scratch};
+use crate::port::VnicPort;
+
+/// Guest memory as the crate maps it.
+pub type GuestMem = GuestMemoryMmap<()>;
+/// Swappable guest memory shared with the crate's handler (SET_MEM_TABLE / ADD_MEM_REG
+/// replace its content).
+pub type GuestMemAtomic = GuestMemoryAtomic<GuestMem>;
+pub type Vring = VringMutex<GuestMemAtomic>;
+
+/// Epoll token of the inbox doorbell (tokens `0..=NUM_QUEUES` belong to the crate).
+pub const INBOX_EVENT: u16 = NUM_QUEUES as u16 + 1;
+
+struct TxState {
+    buf: TxBuffer,
+    scratch: Scratch,
+}
+
+struct RxState {
+    scratch: RxScratch,
+    segment: Vec<u8>,
+}
+
+pub(crate) struct Session {
+    port: Arc<VnicPort>,
+    pipeline: Arc<Pipeline>,
+    mem: GuestMemAtomic,
+    tx: Mutex<TxState>,
+    rx: Mutex<RxState>,
+    /// Set when the connection ended: late events from the old worker do nothing.
+    closed: AtomicBool,
+    exit_notifiers: Mutex<Vec<EventNotifier>>,
+    /// Raw fds of the exit-event consumers handed to the crate, which registers them in the
+    /// worker's epoll with `into_raw_fd()` and never closes them (one fd leaked per session in
+    /// vhost-user-backend 0.24). We close them once the session is over.
+    exit_consumer_fds: Mutex<Vec<RawFd>>,
+}
+
+/// The vhost-user backend of one vNIC for one frontend session.
+#[derive(Clone)]
+pub struct VnicBackend(Arc<Session>);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VnicBackend {
+    pub fn new(port: Arc<VnicPort>, pipeline: Arc<Pipeline>) -> VnicBackend {
+        VnicBackend(Arc::new(Session {
+            port,
+            pipeline,
+            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            tx: Mutex::new(TxState {
+                buf: TxBuffer::default(),
+                scratch: Scratch::new(),
+            }),
+            rx: Mutex::new(RxState {
+                scratch: RxScratch::default(),
+                segment: Vec::with_capacity(2048),
+            }),
+            closed: AtomicBool::new(false),
+            exit_notifiers: Mutex::new(Vec::new()),
+            exit_consumer_fds: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// The guest memory handle to give `VhostUserDaemon::new`.
+    pub fn memory(&self) -> GuestMemAtomic {
+        self.0.mem.clone()
+    }
+
+    pub fn port(&self) -> &Arc<VnicPort> {
+        &self.0.port
+    }
+
+    /// Ends the session: waits for any in-progress queue processing, makes later events
+    /// no-ops, stops the worker threads, and marks the port disconnected.
+    pub fn close(&self) {
+        let s = &self.0;
+        {
+            let _tx = lock(&s.tx);
+            let _rx = lock(&s.rx);
+            s.closed.store(true, Ordering::Release);
+        }
+        for n in lock(&s.exit_notifiers).iter() {
+            let _ = n.notify();
+        }
+        // The workers only wait for readiness of the exit eventfd, which the notifier fds keep
+        // alive, so closing the consumer fds now cannot make them miss the exit. `take` makes
+        // sure each fd number is closed once, never a reused one.
+        for fd in std::mem::take(&mut *lock(&s.exit_consumer_fds)) {
+            // SAFETY: `fd` is the consumer fd we created in `exit_event`; the crate converted
+            // it with `into_raw_fd()` and never closes it, and nobody else knows its number.
+            unsafe { libc::close(fd) };
+        }
+        s.port.set_rx_ready(false);
+        s.port.set_acked_features(0);
+        let dropped = s.port.inbox.clear();
+        for _ in 0..dropped {
+            s.port.counters.count_drop(DropReason::PortDown);
+        }
+    }
+
+    fn config_space(&self) -> [u8; 10] {
+        // struct virtio_net_config { u8 mac[6]; le16 status; le16 max_virtqueue_pairs; }
+        let mut c = [0u8; 10];
+        c[..6].copy_from_slice(&self.0.port.mac().octets());
+        c[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        c[8..10].copy_from_slice(&1u16.to_le_bytes());
+        c
+    }
+
+    /// Processes every available TX chain, then signals the guest once (if EVENT_IDX says so).
+    fn process_tx(&self, vring: &Vring) {
+        let s = &self.0;
+        let mut tx = lock(&s.tx);
+        if s.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mem = s.mem.memory();
+        let hdr_len = vnet_hdr_len(s.port.acked_features());
+        let now = s.pipeline.now();
+        let mut vstate = vring.get_mut();
+        if !vstate.get_queue().ready() || !vstate.is_enabled() {
+            return;
+        }
+        let TxState { buf, scratch } = &mut *tx;
+        let used_before = vstate.get_queue().next_used();
+        loop {
+            // Notification errors mean the ring addresses are outside guest memory; then
+            // popping fails too and we stop.
+            let _ = vstate.disable_notification();
+            while let Some(chain) = vstate.get_queue_mut().pop_descriptor_chain(&*mem) {
+                let head = chain.head_index();
+                match copy_tx_chain(&*mem, chain, buf) {
+                    Ok(len) if len < hdr_len + 14 => {
+                        s.port.counters.count_drop(DropReason::ShortFrame)
+                    }
+                    Ok(len) => {
+                        let bytes = &buf.bytes()[..len];
+                        // parse() cannot fail: the slice is at least hdr_len >= 10 bytes.
+                        let hdr = VirtioNetHdr::parse(&bytes[..hdr_len]).unwrap_or_default();
+                        s.pipeline
+                            .from_vnic(&s.port, &hdr, &bytes[hdr_len..], now, scratch);
+                    }
+                    Err(reason) => s.port.counters.count_drop(reason),
+                }
+                // TX buffers are device-readable: the used length is 0 either way.
+                if vstate.get_queue_mut().add_used(&*mem, head, 0).is_err() {
+                    s.port
+                        .counters
+                        .count_drop(DropReason::DescriptorOutOfMemory);
+                }
+            }
+            match vstate.enable_notification() {
+                Ok(true) => continue, // more arrived while notifications were off
+                _ => break,
+            }
+        }
+        if vstate.get_queue().next_used() != used_before
+            && vstate.needs_notification().unwrap_or(true)
+        {
+            if let Err(e) = vstate.signal_used_queue() {
+                debug!(port = %s.port.name(), "TX call notify failed: {e}");
+            }
+        }
+    }
+
+    /// Writes waiting inbox frames into the RX ring until it is empty or out of buffers.
+    fn flush_rx(&self, vring: &Vring) {
+        let s = &self.0;
+        let mut rx = lock(&s.rx);
+        if s.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let mut vstate = vring.get_mut();
+        if !vstate.get_queue().ready() || !vstate.is_enabled() {
+            return;
+        }
+        if !s.port.is_rx_ready() {
+            s.port.set_rx_ready(true);
+            debug!(port = %s.port.name(), "RX ring running");
+        }
+        let mem = s.mem.memory();
+        let features = s.port.acked_features();
+        let hdr_len = vnet_hdr_len(features);
+        let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        let offloads = OffloadSet::guest_rx(features);
+        let RxState { scratch, segment } = &mut *rx;
+        // Signal if anything reached the used ring, delivered frames and returned bad chains
+        // alike.
+        let used_before = vstate.get_queue().next_used();
+
+        while let Some(mut frame) = s.port.inbox.pop() {
+            let action = plan_rx(&mut frame.data, &frame.meta, offloads);
+            let queue = vstate.get_queue_mut();
+            let result = match action {
+                Err(_) => Err(DropReason::SegmentationFailed),
+                Ok(RxAction::Deliver(hdr)) => {
+                    match write_rx_frame(
+                        &*mem,
+                        queue,
+                        hdr,
+                        hdr_len,
+                        &frame.data,
+                        mergeable,
+                        scratch,
+                    ) {
+                        Ok(_) => {
+                            s.port.counters.count_rx(frame.data.len());
+                            Ok(())
+                        }
+                        Err(RxError::NoBuffers) => {
+                            s.port.inbox.unpop(frame);
+                            if arm_rx_notification(&mut vstate) {
+                                continue; // buffers arrived meanwhile
+                            }
+                            break;
+                        }
+                        Err(e) => Err(e.reason()),
+                    }
+                }
+                Ok(RxAction::Segment { mss, layout }) => {
+                    // Each segment needs at least one chain: wait until that many are posted,
+                    // unless the ring could never hold them all.
+                    let payload = (frame.meta.l3_end as usize)
+                        .saturating_sub(layout.l4 as usize + layout.tcp_header_len as usize);
+                    let needed = payload.div_ceil(mss as usize).max(1);
+                    let avail = available_chains(queue, &*mem) as usize;
+                    if avail < needed && needed <= queue.size() as usize {
+                        s.port.inbox.unpop(frame);
+                        if arm_rx_notification(&mut vstate) {
+                            continue;
+                        }
+                        break;
+                    }
+                    let mut failure = None;
+                    let r = segment_tcp(
+                        &frame.data,
+                        &layout,
+                        frame.meta.l3_end as usize,
+                        mss,
+                        segment,
+                        |seg| match write_rx_frame(
+                            &*mem,
+                            queue,
+                            VirtioNetHdr::default(),
+                            hdr_len,
+                            seg,
+                            mergeable,
+                            scratch,
+                        ) {
+                            Ok(_) => {
+                                s.port.counters.count_rx(seg.len());
+                                true
+                            }
+                            Err(e) => {
+                                failure = Some(e.reason());
+                                false
+                            }
+                        },
+                    );
+                    match (r, failure) {
+                        (Err(_), _) => Err(DropReason::SegmentationFailed),
+                        (Ok(_), Some(reason)) => Err(reason),
+                        (Ok(_), None) => Ok(()),
+                    }
+                }
+            };
+            if let Err(reason) = result {
+                s.port.counters.count_drop(reason);
+            }
+            s.port.inbox.recycle(frame.data);
+        }
+        if vstate.get_queue().next_used() != used_before
+            && vstate.needs_notification().unwrap_or(true)
+        {
+            if let Err(e) = vstate.signal_used_queue() {
+                debug!(port = %s.port.name(), "RX call notify failed: {e}");
+            }
+        }
+    }
+}
+
+/// Asks the guest to kick us when it posts RX buffers. Returns true if buffers are already
+/// available (posted between our last look and enabling the notification).
+fn arm_rx_notification(vstate: &mut VringState<GuestMemAtomic>) -> bool {
+    vstate.enable_notification().unwrap_or(false)
+}
+
+impl VhostUserBackend for VnicBackend {
+    type Bitmap = ();
+    type Vring = Vring;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        OFFERED_FEATURES | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        debug!(port = %self.0.port.name(), "acked features {features:#x}");
+        self.0.port.set_acked_features(features);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+    }
+
+    fn reset_device(&self) {
+        let p = &self.0.port;
+        p.set_rx_ready(false);
+        p.set_acked_features(0);
+        p.inbox.clear();
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        // The crate already switched the vrings at SET_FEATURES; nothing else depends on it.
+        debug!(port = %self.0.port.name(), "event idx {enabled}");
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = self.config_space();
+        let start = (offset as usize).min(cfg.len());
+        let end = (offset as usize)
+            .saturating_add(size as usize)
+            .min(cfg.len());
+        let mut out = cfg[start..end].to_vec();
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn set_config(&self, _offset: u32, _buf: &[u8]) -> io::Result<()> {
+        // The MAC is the port's binding; a guest cannot change it (no CTRL_MAC_ADDR either).
+        Ok(())
+    }
+
+    fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
+        // Same GuestMemoryAtomic we handed the daemon: its content was already replaced, and
+        // we take a fresh snapshot per batch, so no guest pointer outlives a memory update.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        vec![(1 << NUM_QUEUES) - 1]
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+        let keep = notifier.try_clone().ok()?;
+        lock(&self.0.exit_notifiers).push(keep);
+        lock(&self.0.exit_consumer_fds).push(consumer.as_raw_fd());
+        Some((consumer, notifier))
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        if queue_index == RX_QUEUE as u32 {
+            // GET_VRING_BASE: the frontend stops the ring (guest reset, migration, shutdown).
+            let _rx = lock(&self.0.rx);
+            self.0.port.set_rx_ready(false);
+            let dropped = self.0.port.inbox.clear();
+            for _ in 0..dropped {
+                self.0.port.counters.count_drop(DropReason::PortDown);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Vring],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            warn!(port = %self.0.port.name(), "unexpected event set {evset:?} for {device_event}");
+        }
+        let (Some(rx), Some(tx)) = (vrings.get(RX_QUEUE as usize), vrings.get(TX_QUEUE as usize))
+        else {
+            return Ok(());
+        };
+        match device_event {
+            RX_QUEUE => self.flush_rx(rx),
+            // Reject replies to ourselves arrive through the inbox doorbell like any frame.
+            TX_QUEUE => self.process_tx(tx),
+            INBOX_EVENT => {
+                self.0.port.inbox.consume_wake();
+                self.flush_rx(rx);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! Ports: the vNICs (one per vhost-user socket) and the uplink.
+//!
+//! A [`VnicPort`] is the long-lived part of a vNIC: identity, bindings, counters and inbox. It
+//! outlives frontend connections (a VM reboot or QEMU reconnect creates a new vhost-user
+//! session on the same port) and is shared by the port table snapshots that reference it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::counters::{DropReason, PortCounters};
+use crate::inbox::{Inbox, DEFAULT_INBOX_CAPACITY};
+use crate::mac::MacAddr;
+use crate::net_hdr::{OffloadSet, VirtioNetHdr};
+use crate::offload::FrameMeta;
+use crate::spoof::PortBindings;
+
+/// Identifier of a vNIC, unique for the daemon's lifetime (never reused after removal, so a
+/// stale id in a firewall table cannot alias a new vNIC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortId(pub u32);
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "vnic#{}", self.0)
+    }
+}
+
+/// A port as seen by the pipeline and the firewall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PortRef {
+    Vnic(PortId),
+    Uplink,
+}
+
+/// A named container port (Kubernetes `containerPort` name), used by policies that name ports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+}
+
+fn default_protocol() -> String {
+    "TCP".to_owned()
+}
+
+/// Who is behind a vNIC: what policies select on. Carried for the firewall integration and
+/// the API; the data path itself only uses the bindings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VnicIdentity {
+    pub name: String,
+    pub vm: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub named_ports: Vec<NamedPort>,
+}
+
+/// The long-lived state of one vNIC.
+pub struct VnicPort {
+    pub id: PortId,
+    pub identity: VnicIdentity,
+    pub bindings: PortBindings,
+    pub counters: PortCounters,
+    pub inbox: Inbox,
+    /// Frontend connected and RX virtqueue running: frames may be queued for it.
+    rx_ready: AtomicBool,
+    /// Virtio features acked by the current frontend (0 when disconnected).
+    acked_features: AtomicU64,
+}
+
+impl fmt::Debug for VnicPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VnicPort")
+            .field("id", &self.id)
+            .field("name", &self.identity.name)
+            .field("mac", &self.bindings.mac)
+            .finish()
+    }
+}
+
+impl VnicPort {
+    pub fn new(
+        id: PortId,
+        identity: VnicIdentity,
+        mac: MacAddr,
+        ips: &[IpAddr],
+    ) -> io::Result<VnicPort> {
+        Self::with_inbox_capacity(id, identity, mac, ips, DEFAULT_INBOX_CAPACITY)
+    }
+
+    pub fn with_inbox_capacity(
+        id: PortId,
+        identity: VnicIdentity,
+        mac: MacAddr,
+        ips: &[IpAddr],
+        capacity: usize,
+    ) -> io::Result<VnicPort> {
+        Ok(VnicPort {
+            id,
+            identity,
+            bindings: PortBindings::new(mac, ips),
+            counters: PortCounters::default(),
+            inbox: Inbox::new(capacity)?,
+            rx_ready: AtomicBool::new(false),
+            acked_features: AtomicU64::new(0),
+        })
+    }
+
+    pub fn mac(&self) -> MacAddr {
+        self.bindings.mac
+    }
+
+    pub fn name(&self) -> &str {
+        &self.identity.name
+    }
+
+    /// Offloads the current guest may use on TX.
+    pub fn tx_offloads(&self) -> OffloadSet {
+        OffloadSet::guest_tx(self.acked_features.load(Ordering::Acquire))
+    }
+
+    /// Offloads the current guest accepts on RX.
+    pub fn rx_offloads(&self) -> OffloadSet {
+        OffloadSet::guest_rx(self.acked_features.load(Ordering::Acquire))
+    }
+
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features.load(Ordering::Acquire)
+    }
+
+    /// Records the features the frontend acked. Driven by the device backend; public for
+    /// harnesses (fuzzing, benchmarks) that run the pipeline without a frontend.
+    pub fn set_acked_features(&self, features: u64) {
+        self.acked_features.store(features, Ordering::Release);
+    }
+
+    pub fn is_rx_ready(&self) -> bool {
+        self.rx_ready.load(Ordering::Acquire)
+    }
+
+    /// Marks the RX ring running (frames may be queued) or not. Driven by the device backend;
+    /// public for harnesses like [`VnicPort::set_acked_features`].
+    pub fn set_rx_ready(&self, ready: bool) {
+        self.rx_ready.store(ready, Ordering::Release);
+    }
+
+    /// Queues a frame for this vNIC's guest. Counts and reports the drop reason on failure.
+    pub fn deliver(&self, frame: &[u8], meta: FrameMeta) -> Result<(), DropReason> {
+        self.deliver_with(|buf| {
+            buf.extend_from_slice(frame);
+            Some(meta)
+        })
+    }
+
+    /// Like [`VnicPort::deliver`], with the frame written by `fill` straight into the inbox
+    /// buffer (reject replies, segments).
+    pub fn deliver_with(
+        &self,
+        fill: impl FnOnce(&mut Vec<u8>) -> Option<FrameMeta>,
+    ) -> Result<(), DropReason> {
+        let reason = if !self.is_rx_ready() {
+            DropReason::PortDown
+        } else {
+            match self.inbox.push_with(fill) {
+                Ok(_) => return Ok(()),
+                Err(_) => DropReason::BacklogFull,
+            }
+        };
+        self.counters.count_drop(reason);
+        Err(reason)
+    }
+}
+
+/// The uplink as the pipeline sees it: something that takes a frame with its virtio-net
+/// header. Implemented by the TAP uplink ([`crate::uplink::TapUplink`]).
+pub trait UplinkPort: Send + Sync {
+    /// Sends one frame; `hdr` describes its offload state.
+    fn transmit(&self, hdr: &VirtioNetHdr, frame: &[u8]) -> io::Result<()>;
+    fn counters(&self) -> &PortCounters;
+    fn name(&self) -> &str;
+}
