@@ -858,12 +858,15 @@ class VdfwdSubject(Subject):
     else (which policy, how many rules) comes from the case.
     """
 
-    name = "vdfwd"
-    description = "vdfwd (vhost-user backend + dfw), vNICs role=connect, K8s NetworkPolicy set"
-
-    def __init__(self, binary: Optional[Path], extra_args: list[str]) -> None:
+    def __init__(self, binary: Optional[Path], extra_args: list[str], firewall_off: bool = False) -> None:
         self.binary = binary
-        self.extra_args = extra_args
+        self.firewall_off = firewall_off
+        self.extra_args = extra_args + (["--insecure-allow-all"] if firewall_off else [])
+        self.name = "vdfwd-nofw" if firewall_off else "vdfwd"
+        self.description = (
+            "vdfwd --insecure-allow-all: the vhost-user data path and spoof guard without the firewall"
+            if firewall_off else
+            "vdfwd (vhost-user backend + dfw), vNICs role=connect, K8s NetworkPolicy set")
         self.proc: Optional[Proc] = None
         self.run_dir = Path()
 
@@ -874,13 +877,17 @@ class VdfwdSubject(Subject):
             return "vdfwd binary not found and not built: cargo build --release -p vswitch --bin vdfwd, or pass --vdfwd PATH"
         if not os.access(self.binary, os.X_OK):
             return f"{self.binary} is not executable"
+        if self.firewall_off:
+            r = run([str(self.binary), "--help"], check=False)
+            if "--insecure-allow-all" not in r.stdout:
+                return "this vdfwd has no --insecure-allow-all"
         return None
 
     def setup(self, run_dir: Path) -> None:
         self.description += f"; binary {self.binary}"
         if self.binary and "/debug/" in str(self.binary):
             self.description += " (DEBUG build: rates not representative)"
-        self.run_dir = run_dir / "vdfwd"
+        self.run_dir = run_dir / self.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def skip(self, case: Case) -> Optional[str]:
@@ -1128,7 +1135,8 @@ def plot(results_json: Path, png: Path) -> Optional[str]:
     figs = [("established", "frame bytes", False), ("rules", "rules", True), ("flows", "concurrent flows", True),
             ("vnics", "vNICs", True)]
     fig, axes = plt.subplots(2, 3, figsize=(16, 9))
-    colors = {"ceiling": "tab:gray", "ovs": "tab:blue", "ovs-ct": "tab:orange", "vdfwd": "tab:green"}
+    colors = {"ceiling": "tab:gray", "ovs": "tab:blue", "ovs-ct": "tab:orange", "vdfwd": "tab:green",
+              "vdfwd-nofw": "tab:olive"}
     for ax, (name, xl, logx) in zip(axes.flat, figs):
         for subj in sorted({r["subject"] for r in res}):
             pts = sorted((r["x"], r["mpps"], r["mpps_min"], r["mpps_max"]) for r in res
@@ -1176,7 +1184,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a few seconds per subject, allow + deny policy, no sweep (CI)")
     ap.add_argument("--out", type=Path, help="output dir (default integration/bench/results/<UTC date-time>/)")
-    ap.add_argument("--subjects", default="ceiling,ovs,ovs-ct,vdfwd", help="comma list (default: all)")
+    ap.add_argument("--subjects", default="ceiling,ovs,ovs-ct,vdfwd,vdfwd-nofw", help="comma list (default: all)")
     ap.add_argument("--vdfwd", type=Path, help="vdfwd binary (default: build/find this checkout's, in $CARGO_TARGET_DIR or target/)")
     ap.add_argument("--no-build", action="store_true", help="do not build vdfwd when its binary is missing")
     ap.add_argument("--vdfwd-arg", action="append", default=[], help="extra vdfwd argument (repeatable)")
@@ -1226,6 +1234,7 @@ def main() -> int:
         "ovs": OvsSubject(ovsd, ct=False),
         "ovs-ct": OvsSubject(ovsd, ct=True),
         "vdfwd": VdfwdSubject(vbin, args.vdfwd_arg),
+        "vdfwd-nofw": VdfwdSubject(vbin, args.vdfwd_arg, firewall_off=True),
     }
     wanted = [s for s in args.subjects.split(",") if s]
     for s in wanted:
