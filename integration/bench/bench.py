@@ -1147,13 +1147,16 @@ def plot(results_json: Path, png: Path) -> Optional[str]:
                             yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
                             marker="o", capsize=3, label=subj, color=colors.get(subj))
         ax.set_ylim(bottom=0)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not in this run", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"Mpps vs {xl}")
         ax.set_xlabel(xl)
         ax.set_ylabel("Mpps (delivered)")
         if logx:
             ax.set_xscale("log")
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
     ax = axes.flat[4]
     for subj in sorted({r["subject"] for r in res}):
         pts = sorted((r["x"], r["gbps"]) for r in res if r["figure"] == "established" and r["subject"] == subj)
