@@ -2,7 +2,14 @@
 //!
 //! ```toml
 //! state_dir = "/var/lib/vdfw"
-//! policy_dir = "/etc/vdfw/policies"   # read by the dfw integration (not wired yet)
+//! policy_dir = "/etc/vdfw/policies"   # *.yaml|*.yml|*.json, recursively; SIGHUP reloads
+//! default_deny = false                 # drop what no rule decides, even if nothing isolates
+//! audit = false                        # forward would-be drops, flag them in the flow log
+//! conntrack_max_per_vnic = 65536       # connection-table size of each vNIC
+//!
+//! [[namespace]]                        # optional: labels namespace selectors match
+//! name = "shop"
+//! labels = { team = "web" }
 //!
 //! [uplink]                             # optional
 //! tap = "vdfw-up0"
@@ -28,6 +35,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use dfw::flow::IpProtocol;
+use dfw::model::{Endpoint, EndpointKind, NamedPort as ModelNamedPort, Namespace};
+
 use crate::device::SocketRole;
 use crate::mac::MacAddr;
 use crate::port::{NamedPort, VnicIdentity};
@@ -37,13 +47,44 @@ use crate::port::{NamedPort, VnicIdentity};
 pub struct Config {
     /// Where vdfwd writes its runtime state (`ports.json`, `counters.json`).
     pub state_dir: PathBuf,
-    /// Directory of policy YAML/JSON files, parsed by the dfw policy engine once it is wired.
+    /// Directory of policy files (`*.yaml`, `*.yml`, `*.json`, read recursively; hidden
+    /// entries skipped). Without it no policy exists, so Kubernetes' default (allow) applies
+    /// unless `default_deny` is set.
     #[serde(default)]
     pub policy_dir: Option<PathBuf>,
+    /// Drop every flow no rule decides, even for endpoints no policy isolates (Kubernetes
+    /// would allow them). The dfw engine's `default_deny`.
+    #[serde(default)]
+    pub default_deny: bool,
+    /// Global audit mode: would-be drops are forwarded and logged with verdict `audit`.
+    #[serde(default)]
+    pub audit: bool,
+    /// Connection-table entries per vNIC (each vNIC is its own conntrack zone and table).
+    #[serde(default = "default_conntrack_max")]
+    pub conntrack_max_per_vnic: u32,
+    /// Namespaces and their labels (what `namespaceSelector`s match). A vNIC's namespace that
+    /// is not listed still exists, with only its implied `kubernetes.io/metadata.name` label.
+    #[serde(default, rename = "namespace")]
+    pub namespaces: Vec<NamespaceConfig>,
     #[serde(default)]
     pub uplink: Option<UplinkConfig>,
     #[serde(default, rename = "vnic")]
     pub vnics: Vec<VnicConfig>,
+}
+
+/// Default of [`Config::conntrack_max_per_vnic`].
+pub const DEFAULT_CONNTRACK_MAX: u32 = 1 << 16;
+
+fn default_conntrack_max() -> u32 {
+    DEFAULT_CONNTRACK_MAX
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +135,48 @@ impl VnicConfig {
             named_ports: self.ports.clone(),
         }
     }
+
+    /// The policy engine's view of this vNIC: a `vm` endpoint named after the vNIC, in its
+    /// namespace, with its labels, addresses, MAC and named ports.
+    pub fn endpoint(&self) -> Result<Endpoint, ConfigError> {
+        let mut named_ports = BTreeMap::new();
+        for p in &self.ports {
+            let protocol = named_port_protocol(&p.protocol).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "vnic {:?}: port {:?}: protocol {:?} is not TCP, UDP or SCTP",
+                    self.name, p.name, p.protocol
+                ))
+            })?;
+            let np = ModelNamedPort {
+                port: p.port,
+                protocol,
+            };
+            if named_ports.insert(p.name.clone(), np).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "vnic {:?}: port name {:?} used twice",
+                    self.name, p.name
+                )));
+            }
+        }
+        Ok(Endpoint {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            kind: EndpointKind::Vm,
+            labels: self.labels.clone(),
+            ips: self.ips.clone(),
+            mac: Some(self.mac.octets()),
+            named_ports,
+        })
+    }
+}
+
+fn named_port_protocol(p: &str) -> Option<IpProtocol> {
+    match p.to_ascii_uppercase().as_str() {
+        "TCP" => Some(IpProtocol::Tcp),
+        "UDP" => Some(IpProtocol::Udp),
+        "SCTP" => Some(IpProtocol::Sctp),
+        _ => None,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +209,19 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks what serde cannot: unique names, MACs, IPs and sockets; unicast MACs.
+    /// The namespaces as the policy engine takes them.
+    pub fn model_namespaces(&self) -> Vec<Namespace> {
+        self.namespaces
+            .iter()
+            .map(|n| Namespace {
+                name: n.name.clone(),
+                labels: n.labels.clone(),
+            })
+            .collect()
+    }
+
+    /// Checks what serde cannot: unique names, MACs, IPs and sockets; unicast MACs; named
+    /// ports; unique namespaces.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut names = HashSet::new();
         let mut macs = HashSet::new();
@@ -150,6 +245,10 @@ impl Config {
             if !socks.insert(&v.socket) {
                 return bad(format!("socket {} used twice", v.socket.display()));
             }
+            if v.namespace.is_empty() {
+                return bad("empty namespace".into());
+            }
+            v.endpoint()?;
             for ip in &v.ips {
                 if ip.is_unspecified() || ip.is_multicast() {
                     return bad(format!("IP {ip} cannot be bound"));
@@ -158,6 +257,24 @@ impl Config {
                     return bad(format!("IP {ip} used twice"));
                 }
             }
+        }
+        let mut namespaces = HashSet::new();
+        for n in &self.namespaces {
+            if n.name.is_empty() || !namespaces.insert(&n.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "namespace {:?}: empty or declared twice",
+                    n.name
+                )));
+            }
+        }
+        if self.conntrack_max_per_vnic == 0
+            || self.conntrack_max_per_vnic > dfw::conntrack::MAX_TABLE_ENTRIES
+        {
+            return Err(ConfigError::Invalid(format!(
+                "conntrack_max_per_vnic {} must be 1..={}",
+                self.conntrack_max_per_vnic,
+                dfw::conntrack::MAX_TABLE_ENTRIES
+            )));
         }
         if let Some(u) = &self.uplink {
             if u.tap.is_empty() || u.tap.len() > 15 {
@@ -184,6 +301,42 @@ mod tests {
         let v = &cfg.vnics[0];
         assert_eq!(v.identity().name, v.name);
         assert!(!v.ips.is_empty());
+        assert_eq!(cfg.namespaces[0].name, "shop");
+        assert_eq!(cfg.conntrack_max_per_vnic, 65536);
+        let e = v.endpoint().unwrap();
+        assert_eq!(e.named_ports["http"].port, 8080);
+        assert_eq!(e.mac, Some(v.mac.octets()));
+    }
+
+    #[test]
+    fn firewall_keys_and_their_defaults() {
+        let base = "state_dir = \"/tmp/x\"\n";
+        let c: Config = toml::from_str(base).unwrap();
+        assert!(!c.default_deny && !c.audit && c.namespaces.is_empty());
+        assert_eq!(c.conntrack_max_per_vnic, DEFAULT_CONNTRACK_MAX);
+        let c: Config = toml::from_str(&format!(
+            "{base}default_deny = true\naudit = true\n[[namespace]]\nname = \"a\"\nlabels = {{ t = \"x\" }}\n"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.default_deny && c.audit);
+        assert_eq!(c.model_namespaces()[0].labels["t"], "x");
+        let dup: Config = toml::from_str(&format!(
+            "{base}[[namespace]]\nname = \"a\"\n[[namespace]]\nname = \"a\"\n"
+        ))
+        .unwrap();
+        assert!(dup.validate().is_err());
+        let zero: Config = toml::from_str(&format!("{base}conntrack_max_per_vnic = 0\n")).unwrap();
+        assert!(zero.validate().is_err());
+        let bad_proto: Config = toml::from_str(&format!(
+            "{base}[[vnic]]\nname = \"a\"\nsocket = \"/tmp/a\"\nvm = \"a\"\nmac = \"52:54:00:00:00:01\"\nports = [{{ name = \"x\", port = 1, protocol = \"ICMP\" }}]\n"
+        ))
+        .unwrap();
+        assert!(bad_proto
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("ICMP"));
     }
 
     #[test]

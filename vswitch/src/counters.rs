@@ -82,6 +82,10 @@ drop_reasons! {
     PolicyRejected => "policy_rejected",
     /// The firewall saw a packet that fits no tracked connection state.
     ConntrackInvalid => "conntrack_invalid",
+    /// The vNIC's connection table is full: a new connection was refused.
+    ConntrackFull => "conntrack_full",
+    /// Non-first IP fragment (no ports to decide on; vdfw does not reassemble).
+    IpFragment => "ip_fragment",
     // --- delivery (backend -> guest / uplink) ---
     /// Destination vNIC has no frontend connected or its RX ring is not running.
     PortDown => "port_down",

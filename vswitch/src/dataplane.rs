@@ -15,6 +15,7 @@ use crate::counters::CounterSnapshot;
 use crate::device::runner::RunnerError;
 use crate::device::VnicRunner;
 use crate::filter::PacketFilter;
+use crate::firewall::VnicFwStatus;
 use crate::mac::MacAddr;
 use crate::pipeline::Pipeline;
 use crate::port::{PortId, UplinkPort, VnicPort};
@@ -57,6 +58,9 @@ pub struct PortStatus {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub drops: BTreeMap<&'static str, u64>,
+    /// The vNIC's firewall state and counters (filled in by the daemon).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<VnicFwStatus>,
 }
 
 impl PortStatus {
@@ -114,6 +118,13 @@ impl Dataplane {
     /// Adds a vNIC and starts serving its socket.
     pub fn add_vnic(&self, cfg: &VnicConfig) -> Result<PortId, DataplaneError> {
         let id = self.pipeline.alloc_port_id();
+        self.add_vnic_with_id(id, cfg)?;
+        Ok(id)
+    }
+
+    /// [`Dataplane::add_vnic`] with an id from [`Pipeline::alloc_port_id`], so the firewall
+    /// can realize the vNIC's policy under that id before its socket is served.
+    pub fn add_vnic_with_id(&self, id: PortId, cfg: &VnicConfig) -> Result<(), DataplaneError> {
         let port = Arc::new(
             VnicPort::new(id, cfg.identity(), cfg.mac, &cfg.ips).map_err(DataplaneError::Inbox)?,
         );
@@ -134,7 +145,7 @@ impl Dataplane {
                 socket: cfg.socket.display().to_string(),
             },
         );
-        Ok(id)
+        Ok(())
     }
 
     /// Removes a vNIC: unpublish, then disconnect its frontend and stop its socket loop.
@@ -168,6 +179,7 @@ impl Dataplane {
                     rx_packets: 0,
                     rx_bytes: 0,
                     drops: BTreeMap::new(),
+                    firewall: None,
                 }
                 .fill(&v.port.counters.snapshot())
             })
@@ -186,6 +198,7 @@ impl Dataplane {
                     rx_packets: 0,
                     rx_bytes: 0,
                     drops: BTreeMap::new(),
+                    firewall: None,
                 }
                 .fill(&tap.counters().snapshot()),
             );

@@ -33,6 +33,13 @@ pub enum PolicyDrop {
     Denied,
     /// Connection tracking found the packet invalid for its connection state.
     ConntrackInvalid,
+    /// The connection table of the vNIC is full: a new connection was refused.
+    ConntrackFull,
+    /// A non-first IP fragment: it carries no ports to decide on, and vdfw does not
+    /// reassemble.
+    Fragment,
+    /// Neither IP nor a control protocol the firewall lets through (ARP, ND).
+    NotIp,
 }
 
 impl PolicyDrop {
@@ -41,6 +48,9 @@ impl PolicyDrop {
             PolicyDrop::NotRealized => DropReason::PolicyNotRealized,
             PolicyDrop::Denied => DropReason::PolicyDenied,
             PolicyDrop::ConntrackInvalid => DropReason::ConntrackInvalid,
+            PolicyDrop::ConntrackFull => DropReason::ConntrackFull,
+            PolicyDrop::Fragment => DropReason::IpFragment,
+            PolicyDrop::NotIp => DropReason::DisallowedEthertype,
         }
     }
 }
@@ -67,10 +77,18 @@ pub enum FilterVerdict {
 /// Must not block and must not allocate per packet.
 pub trait PacketFilter: Send + Sync {
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict;
+
+    /// Called once after a port's batch of frames (a TX queue poll, an uplink read burst), with
+    /// the batch's timestamp: the place for bounded housekeeping such as connection expiry.
+    fn end_batch(&self, _ingress: PortRef, _now: u64) {}
+
+    /// A frame from `ingress` that the pipeline dropped before the filter saw it, for a reason
+    /// the firewall may want to log (spoof guard). Must not block nor allocate.
+    fn observe_drop(&self, _ingress: PortRef, _pkt: &ParsedPacket, _reason: DropReason, _now: u64) {
+    }
 }
 
-/// The default until the policy engine is wired and has realized a port's policy: nothing is
-/// forwarded. vdfwd runs with this unless started with `--insecure-allow-all`.
+/// Forwards nothing: what a pipeline runs with before a firewall is installed.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FailClosed;
 
@@ -81,7 +99,7 @@ impl PacketFilter for FailClosed {
 }
 
 /// Forwards everything. For tests and for `vdfwd --insecure-allow-all` only: it turns the
-/// firewall off.
+/// firewall off (the spoof guard still runs).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct InsecureAllowAll;
 
@@ -95,10 +113,22 @@ impl<F: PacketFilter + ?Sized> PacketFilter for Box<F> {
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
         (**self).filter(ctx, pkt)
     }
+    fn end_batch(&self, ingress: PortRef, now: u64) {
+        (**self).end_batch(ingress, now)
+    }
+    fn observe_drop(&self, ingress: PortRef, pkt: &ParsedPacket, reason: DropReason, now: u64) {
+        (**self).observe_drop(ingress, pkt, reason, now)
+    }
 }
 
 impl<F: PacketFilter + ?Sized> PacketFilter for std::sync::Arc<F> {
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
         (**self).filter(ctx, pkt)
+    }
+    fn end_batch(&self, ingress: PortRef, now: u64) {
+        (**self).end_batch(ingress, now)
+    }
+    fn observe_drop(&self, ingress: PortRef, pkt: &ParsedPacket, reason: DropReason, now: u64) {
+        (**self).observe_drop(ingress, pkt, reason, now)
     }
 }

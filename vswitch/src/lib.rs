@@ -9,20 +9,27 @@
 //! * [`switch`]: the port table snapshot and the forwarding decision;
 //! * pure helpers: [`packet`] (typed view), [`spoof`], [`reject`], [`offload`] (checksum /
 //!   TSO resolution), [`net_hdr`], [`checksum`], [`counters`], [`inbox`];
-//! * [`config`] and [`dataplane`]: what the `vdfwd` binary (and later the API) drives.
+//! * [`firewall`]: the dfw-backed [`filter::PacketFilter`]: realized policy + per-vNIC
+//!   connection tracking, with [`flowlog`] for its decisions;
+//! * [`config`], [`policy`] (the policy directory), [`dataplane`] and [`daemon`]: what the
+//!   `vdfwd` binary (and the API) drives.
 
 pub mod checksum;
 pub mod config;
 pub mod counters;
+pub mod daemon;
 pub mod dataplane;
 pub mod device;
 pub mod filter;
+pub mod firewall;
+pub mod flowlog;
 pub mod inbox;
 pub mod mac;
 pub mod net_hdr;
 pub mod offload;
 pub mod packet;
 pub mod pipeline;
+pub mod policy;
 pub mod port;
 pub mod reject;
 pub mod spoof;

@@ -141,6 +141,9 @@ pub struct TcpInfo {
     pub header_len: u8,
     /// Payload bytes (for a TSO super-segment: the whole super-segment's payload).
     pub payload_len: u32,
+    /// Window-scale option shift (RFC 7323), decoded on SYN segments only (the only place
+    /// it counts): connection tracking needs it to follow the peers' windows.
+    pub wscale: Option<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,8 +236,10 @@ pub struct ParsedPacket {
 /// Why a frame could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// Kept as etherparse's own error value: formatting it would allocate, and a guest can
+    /// send malformed frames at line rate.
     #[error("frame rejected by etherparse: {0}")]
-    Sliced(String),
+    Sliced(etherparse::err::packet::SliceError),
     #[error("frame without an Ethernet II header")]
     NoEthernet,
     #[error("more than one VLAN tag or a MACsec header")]
@@ -364,11 +369,18 @@ fn icmp_info(v6: bool, icmp_type: u8, code: u8, message: &[u8]) -> IcmpInfo {
     }
 }
 
+/// The window-scale option of a TCP header, if present and well formed.
+fn window_scale(t: &etherparse::TcpSlice<'_>) -> Option<u8> {
+    t.options_iterator().find_map(|o| match o {
+        Ok(etherparse::TcpOptionElement::WindowScale(shift)) => Some(shift),
+        _ => None,
+    })
+}
+
 impl ParsedPacket {
     /// Parses an Ethernet frame (without virtio-net header).
     pub fn parse(frame: &[u8]) -> Result<ParsedPacket, ParseError> {
-        let sliced =
-            SlicedPacket::from_ethernet(frame).map_err(|e| ParseError::Sliced(e.to_string()))?;
+        let sliced = SlicedPacket::from_ethernet(frame).map_err(ParseError::Sliced)?;
         let eth2 = match &sliced.link {
             Some(LinkSlice::Ethernet2(e)) => e,
             _ => return Err(ParseError::NoEthernet),
@@ -480,6 +492,7 @@ impl ParsedPacket {
                     window: t.window_size(),
                     header_len: t.header_len() as u8,
                     payload_len: t.payload().len() as u32,
+                    wscale: if t.syn() { window_scale(t) } else { None },
                 })
             }
             Some(TransportSlice::Udp(u)) => {

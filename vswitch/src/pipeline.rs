@@ -145,7 +145,14 @@ impl Pipeline {
                 .validate(port.tx_offloads(), frame.len())
                 .map_err(|_| DropReason::BadVnetHeader)?;
             let pkt = ParsedPacket::parse(frame).map_err(|_| DropReason::Malformed)?;
-            spoof::check(&port.bindings, &pkt)?;
+            if let Err(reason) = spoof::check(&port.bindings, &pkt) {
+                // The firewall logs these (rate-limited): a guest claiming another identity.
+                self.filter
+                    .load()
+                    .0
+                    .observe_drop(ingress, &pkt, reason, now);
+                return Err(reason);
+            }
             let meta = FrameMeta::new(offload, &pkt).map_err(|_| DropReason::GsoMismatch)?;
             Ok((pkt, meta))
         })();
@@ -165,6 +172,12 @@ impl Pipeline {
                 Disposition::Dropped(reason)
             }
         }
+    }
+
+    /// Ends a batch of frames from `ingress` that all used timestamp `now` (bounded firewall
+    /// housekeeping, e.g. connection expiry).
+    pub fn end_batch(&self, ingress: PortRef, now: u64) {
+        self.filter.load().0.end_batch(ingress, now);
     }
 
     /// A frame read from the uplink TAP.

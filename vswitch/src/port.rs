@@ -132,7 +132,9 @@ impl VnicPort {
         self.acked_features.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_acked_features(&self, features: u64) {
+    /// Records the features the frontend acked. Driven by the device backend; public for
+    /// harnesses (fuzzing, benchmarks) that run the pipeline without a frontend.
+    pub fn set_acked_features(&self, features: u64) {
         self.acked_features.store(features, Ordering::Release);
     }
 
@@ -140,7 +142,9 @@ impl VnicPort {
         self.rx_ready.load(Ordering::Acquire)
     }
 
-    pub(crate) fn set_rx_ready(&self, ready: bool) {
+    /// Marks the RX ring running (frames may be queued) or not. Driven by the device backend;
+    /// public for harnesses like [`VnicPort::set_acked_features`].
+    pub fn set_rx_ready(&self, ready: bool) {
         self.rx_ready.store(ready, Ordering::Release);
     }
 

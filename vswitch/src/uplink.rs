@@ -27,7 +27,7 @@ use crate::counters::{DropReason, PortCounters};
 use crate::device::queues::MAX_FRAME_LEN;
 use crate::net_hdr::{VirtioNetHdr, VNET_HDR_LEN};
 use crate::pipeline::{Pipeline, Scratch};
-use crate::port::UplinkPort;
+use crate::port::{PortRef, UplinkPort};
 
 const SIOCBRADDIF: libc::c_ulong = 0x89a2;
 /// Frames read per wake-up before checking the stop flag again.
@@ -224,6 +224,7 @@ impl TapUplink {
                 let hdr = VirtioNetHdr::parse(&buf[..VNET_HDR_LEN]).unwrap_or_default();
                 pipeline.from_uplink(&hdr, &buf[VNET_HDR_LEN..n], now, &mut scratch);
             }
+            pipeline.end_batch(PortRef::Uplink, now);
         }
         debug!(tap = %self.name, "uplink reader stopped");
     }

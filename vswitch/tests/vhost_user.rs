@@ -276,8 +276,11 @@ fn backlog_waits_for_rx_buffers_and_is_bounded() {
     assert!(pb.inbox.is_empty());
 }
 
+/// `(index, addr, len, flags, next)` of one descriptor.
+type RawDesc = (u16, u64, u32, u16, u16);
+
 /// Publishes a raw descriptor chain on vNIC `vm`'s TX ring.
-fn publish_raw(vm: &mut TestVm, descs: &[(u16, u64, u32, u16, u16)], head: u16) {
+fn publish_raw(vm: &mut TestVm, descs: &[RawDesc], head: u16) {
     for &(idx, addr, len, flags, next) in descs {
         vm.tx.write_desc(&vm.mem, idx, addr, len, flags, next);
     }
@@ -299,7 +302,7 @@ fn hostile_tx_chains_are_consumed_and_counted_while_the_other_vnic_works() {
     let outside = RAM_SIZE as u64 + 0x1000;
     let (n, w) = (VRING_F_NEXT, VRING_F_WRITE);
     let base = 200u16;
-    let chains: Vec<(Vec<(u16, u64, u32, u16, u16)>, u16, DropReason)> = vec![
+    let chains: Vec<(Vec<RawDesc>, u16, DropReason)> = vec![
         // Buffer outside guest memory.
         (
             vec![(base, outside, 100, 0, 0)],

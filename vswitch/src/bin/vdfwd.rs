@@ -1,25 +1,31 @@
 //! vdfwd: the vdfw data-plane daemon.
 //!
-//! `vdfwd --config FILE` serves the configured vNICs over vhost-user and switches between them
-//! and the uplink. The dfw policy engine is not wired yet: every frame meets the fail-closed
-//! filter and is dropped (`policy_not_realized`). `--insecure-allow-all` replaces it with a
-//! filter that forwards everything, for bring-up and tests only.
+//! `vdfwd --config FILE` loads the policy directory, realizes it for the configured vNICs and
+//! only then serves their vhost-user sockets, with the dfw firewall in the packet path. A
+//! policy set that does not parse (or that the engine refuses) is printed error by error and
+//! vdfwd exits with status 2 before serving anything.
 //!
-//! Runtime state goes to `state_dir`: `ports.json` once at start, `counters.json` refreshed
-//! every second. SIGTERM/SIGINT disconnect the frontends, remove the sockets and exit.
+//! * SIGHUP re-reads `policy_dir` and swaps the policy atomically; existing connections are
+//!   re-checked (cut if no longer allowed). A bad set is logged and the old policy kept.
+//! * `state_dir`: `ports.json` once at start, `counters.json` every second (ports with their
+//!   firewall counters, per-rule counters, policy state, flow-log stats), `flows.jsonl` (the
+//!   flow log: one JSON object per line).
+//! * SIGTERM/SIGINT disconnect the frontends, remove the sockets and exit.
+//! * `--insecure-allow-all` turns the firewall OFF (spoof guard only). Testing only.
+//! * `--check` loads config and policy, prints the summary and exits (0 if both are valid).
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use vswitch::config::Config;
-use vswitch::dataplane::Dataplane;
-use vswitch::filter::{FailClosed, InsecureAllowAll, PacketFilter};
+use vswitch::daemon::{Daemon, DaemonError, FilterMode};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,9 +36,13 @@ struct Args {
     /// Configuration file (TOML).
     #[arg(long)]
     config: PathBuf,
-    /// Forward everything: turns the firewall OFF. For testing only.
+    /// INSECURE: forward everything that passes the spoof guard, turning the firewall OFF.
+    /// Policy is still loaded and validated. For testing only.
     #[arg(long)]
     insecure_allow_all: bool,
+    /// Validate the configuration and the policy directory, print the summary, and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 fn write_atomic(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()> {
@@ -42,75 +52,106 @@ fn write_atomic(dir: &Path, name: &str, value: &serde_json::Value) -> Result<()>
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<DaemonError>() {
+                Some(d) => {
+                    for line in d.lines() {
+                        eprintln!("vdfwd: {line}");
+                    }
+                }
+                None => eprintln!("vdfwd: {e:#}"),
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
     let cfg = Config::load(&args.config)?;
+    if args.check {
+        for line in Daemon::check(&cfg)? {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state dir {}", cfg.state_dir.display()))?;
-
-    let filter: Arc<dyn PacketFilter> = if args.insecure_allow_all {
-        warn!("--insecure-allow-all: the firewall is OFF, every frame that passes the spoof guard is forwarded");
-        Arc::new(InsecureAllowAll)
-    } else {
-        info!("dfw policy engine not wired yet: fail-closed filter, no frame will be forwarded");
-        Arc::new(FailClosed)
-    };
-    if let Some(dir) = &cfg.policy_dir {
-        info!(policy_dir = %dir.display(), "policy directory noted (parsed once dfw is integrated)");
-    }
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handler")?;
     }
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .context("installing SIGHUP handler")?;
 
-    let dp = Dataplane::new(filter);
-    if let Some(up) = &cfg.uplink {
-        dp.attach_uplink(up).context("attaching the uplink")?;
+    let mode = if args.insecure_allow_all {
+        FilterMode::InsecureAllowAll
+    } else {
+        FilterMode::Firewall
+    };
+    let vnics = cfg.vnics.clone();
+    let state_dir = cfg.state_dir.clone();
+    let d = Daemon::start(cfg, mode)?;
+    d.log_summary();
+    for v in &vnics {
+        info!(vnic = %v.name, socket = %v.socket.display(), role = ?v.role, mac = %v.mac, "vNIC served");
     }
-    for v in &cfg.vnics {
-        if let Some(parent) = v.socket.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let id = dp
-            .add_vnic(v)
-            .with_context(|| format!("adding vNIC {}", v.name))?;
-        info!(vnic = %v.name, %id, socket = %v.socket.display(), role = ?v.role, mac = %v.mac, "vNIC ready");
-    }
-    write_atomic(
-        &cfg.state_dir,
-        "ports.json",
-        &serde_json::to_value(&cfg.vnics)?,
-    )?;
+    write_atomic(&state_dir, "ports.json", &serde_json::to_value(&vnics)?)?;
 
     while !stop.load(Ordering::Acquire) {
+        if hup.swap(false, Ordering::AcqRel) {
+            info!("SIGHUP: reloading the policy directory");
+            match d.reload_policy_dir() {
+                Ok(r) => info!(
+                    generation = r.generation,
+                    files = r.files,
+                    policies = r.policies,
+                    created = r.created,
+                    updated = r.updated,
+                    removed = r.removed,
+                    unchanged = r.unchanged,
+                    connections_cut = r.connections.cut,
+                    connections_kept = r.connections.kept,
+                    "policy reloaded"
+                ),
+                Err(e) => {
+                    for line in e.lines() {
+                        error!("reload refused, keeping the running policy: {line}");
+                    }
+                }
+            }
+        }
+        d.tick();
         if let Err(e) = write_atomic(
-            &cfg.state_dir,
+            &state_dir,
             "counters.json",
-            &serde_json::to_value(dp.status())?,
+            &serde_json::to_value(d.status())?,
         ) {
             warn!("cannot write counters: {e:#}");
         }
         for _ in 0..10 {
-            if stop.load(Ordering::Acquire) {
+            if stop.load(Ordering::Acquire) || hup.load(Ordering::Acquire) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
     info!("shutting down");
-    let final_status = dp.status();
-    dp.shutdown();
+    d.shutdown();
     let _ = write_atomic(
-        &cfg.state_dir,
+        &state_dir,
         "counters.json",
-        &serde_json::to_value(final_status)?,
+        &serde_json::to_value(d.status())?,
     );
     info!("stopped");
     Ok(())

@@ -35,7 +35,7 @@ use crate::counters::DropReason;
 use crate::net_hdr::{vnet_hdr_len, OffloadSet, VirtioNetHdr};
 use crate::offload::{plan_rx, segment_tcp, RxAction};
 use crate::pipeline::{Pipeline, Scratch};
-use crate::port::VnicPort;
+use crate::port::{PortRef, VnicPort};
 
 /// Guest memory as the crate maps it.
 pub type GuestMem = GuestMemoryMmap<()>;
@@ -161,7 +161,7 @@ impl VnicBackend {
             return;
         }
         let TxState { buf, scratch } = &mut *tx;
-        let mut used = 0usize;
+        let used_before = vstate.get_queue().next_used();
         loop {
             // Notification errors mean the ring addresses are outside guest memory; then
             // popping fails too and we stop.
@@ -187,14 +187,17 @@ impl VnicBackend {
                         .counters
                         .count_drop(DropReason::DescriptorOutOfMemory);
                 }
-                used += 1;
             }
             match vstate.enable_notification() {
                 Ok(true) => continue, // more arrived while notifications were off
                 _ => break,
             }
         }
-        if used > 0 && vstate.needs_notification().unwrap_or(true) {
+        let moved = vstate.get_queue().next_used() != used_before;
+        if moved {
+            s.pipeline.end_batch(PortRef::Vnic(s.port.id), now);
+        }
+        if moved && vstate.needs_notification().unwrap_or(true) {
             if let Err(e) = vstate.signal_used_queue() {
                 debug!(port = %s.port.name(), "TX call notify failed: {e}");
             }
@@ -222,7 +225,9 @@ impl VnicBackend {
         let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         let offloads = OffloadSet::guest_rx(features);
         let RxState { scratch, segment } = &mut *rx;
-        let mut delivered = 0usize;
+        // Signal if anything reached the used ring, delivered frames and returned bad chains
+        // alike.
+        let used_before = vstate.get_queue().next_used();
 
         while let Some(mut frame) = s.port.inbox.pop() {
             let action = plan_rx(&mut frame.data, &frame.meta, offloads);
@@ -240,7 +245,6 @@ impl VnicBackend {
                         scratch,
                     ) {
                         Ok(_) => {
-                            delivered += 1;
                             s.port.counters.count_rx(frame.data.len());
                             Ok(())
                         }
@@ -285,7 +289,6 @@ impl VnicBackend {
                             scratch,
                         ) {
                             Ok(_) => {
-                                delivered += 1;
                                 s.port.counters.count_rx(seg.len());
                                 true
                             }
@@ -307,7 +310,9 @@ impl VnicBackend {
             }
             s.port.inbox.recycle(frame.data);
         }
-        if delivered > 0 && vstate.needs_notification().unwrap_or(true) {
+        if vstate.get_queue().next_used() != used_before
+            && vstate.needs_notification().unwrap_or(true)
+        {
             if let Err(e) = vstate.signal_used_queue() {
                 debug!(port = %s.port.name(), "RX call notify failed: {e}");
             }

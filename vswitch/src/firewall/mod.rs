@@ -1,0 +1,920 @@
+//! The stateful firewall in the packet path: a [`PacketFilter`] over dfw's realized policy
+//! and per-vNIC connection tracking.
+//!
+//! # Model
+//! * **Policy** is an immutable dfw [`PolicySnapshot`] behind an `ArcSwap`, together with each
+//!   vNIC's endpoint handle in it ([`Firewall::install`]). A vNIC whose endpoint is not in the
+//!   snapshot is *not realized*: it forwards nothing (fail closed), and that is counted.
+//! * **Connection tracking**: each vNIC is its own conntrack zone with its own table
+//!   ([`VnicFw`]), behind its own mutex: the vNIC's TX thread is the main user, so locks are
+//!   contended only by the threads of vNICs that talk to each other. No code path holds two
+//!   tables at once.
+//! * **A frame from vNIC A** is tracked in A's zone; a new connection there is decided by A's
+//!   egress and, when the destination is local vNIC B, also by B's ingress (so A's table
+//!   never holds a connection B refuses). It is then tracked in B's zone, where a new
+//!   connection is decided by B's ingress (reusing the decision just made when the snapshot is
+//!   the same). **A frame from the uplink** is tracked in the destination vNIC's zone only,
+//!   decided by its ingress. Packets of tracked connections, both ways, pass without a policy
+//!   lookup (the reply fast path).
+//! * **Reject** decisions make the pipeline answer the sender (TCP RST, else ICMP
+//!   administratively prohibited); **audit** decisions forward and log.
+//! * **Control traffic** (ARP, ND/MLD, DHCP address acquisition; see [`classify`]) passes
+//!   without policy once the spoof guard has validated it.
+//!
+//! # Policy changes
+//! [`Firewall::install`] swaps the snapshot; [`Firewall::recheck`] then re-decides every
+//! tracked connection under the new policy, cutting the ones no longer allowed and keeping the
+//! rest with their state. A packet thread loads the policy *while holding its table's lock*,
+//! so a connection admitted under the old policy is either already in the table when the
+//! recheck scans it, or is decided with the new policy: none slips between install and recheck.
+//!
+//! # Time
+//! `now` comes from the pipeline (monotonic ns, read once per batch) and is passed into dfw;
+//! [`PacketFilter::end_batch`] runs a bounded expiry sweep of the vNIC's table.
+
+pub mod classify;
+pub mod glue;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use dfw::compile::{EndpointHandle, FlowQuery, PolicySnapshot};
+use dfw::conntrack::{
+    ConnInfo, ConnTrack, CtConfig, CtConfigError, CtDropReason, CtVerdict, Decision as CtDecision,
+    PacketMeta, Zone,
+};
+use dfw::flow::{FiveTuple, IpProtocol};
+use dfw::model::{Direction, EndpointKey, RuleId};
+use serde::Serialize;
+
+use crate::counters::DropReason;
+use crate::filter::{FilterContext, FilterVerdict, PacketFilter, PolicyDrop};
+use crate::flowlog::{
+    FlowDecider, FlowEvent, FlowSink, FlowVerdict, RateLimiter, DROP_RECORDS_PER_SECOND,
+    NEW_RECORDS_PER_SECOND,
+};
+use crate::packet::ParsedPacket;
+use crate::port::{PortId, PortRef};
+use classify::{classify, Class};
+use glue::{decide, decide_flow, FlowDecision, SideDecision, Stale};
+
+/// Table slots a vNIC's batch sweeps for expired connections.
+pub const EXPIRE_BUDGET_PER_BATCH: usize = 128;
+
+/// Rate-limiter slots per vNIC: one per drop reason, plus one for new-connection records.
+const LIMITERS: usize = DropReason::COUNT + 1;
+const LIMIT_NEW: usize = DropReason::COUNT;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Hit counters of one rule (its deciding decisions and the packets of the connections it
+/// admitted), kept across policy reloads while the rule exists (rule ids are content-derived).
+#[derive(Debug, Default)]
+pub struct RuleStats {
+    /// New connections (or untracked packets) the rule decided, allowed or not.
+    pub sessions: AtomicU64,
+    pub packets: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl RuleStats {
+    fn hit(&self, new: bool, bytes: u32) {
+        if new {
+            self.sessions.fetch_add(1, Ordering::Relaxed);
+        }
+        self.packets.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(u64::from(bytes), Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> RuleCounters {
+        RuleCounters {
+            sessions: self.sessions.load(Ordering::Relaxed),
+            packets: self.packets.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RuleCounters {
+    pub sessions: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+macro_rules! fw_counters {
+    ($( $(#[$doc:meta])* $field:ident, )*) => {
+        /// Per-vNIC firewall counters (drops by reason are in the port's
+        /// [`crate::counters::PortCounters`]).
+        #[derive(Debug, Default)]
+        pub struct VnicFwCounters { $( $(#[$doc])* pub $field: AtomicU64, )* }
+
+        /// A copy of [`VnicFwCounters`].
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+        pub struct VnicFwCountersSnapshot { $( $(#[$doc])* pub $field: u64, )* }
+
+        impl VnicFwCounters {
+            pub fn snapshot(&self) -> VnicFwCountersSnapshot {
+                VnicFwCountersSnapshot { $( $field: self.$field.load(Ordering::Relaxed), )* }
+            }
+        }
+    };
+}
+
+fw_counters! {
+    /// New connections this vNIC sent that its egress policy admitted.
+    allowed_egress,
+    /// New connections to this vNIC that its ingress policy admitted.
+    allowed_ingress,
+    /// New flows this vNIC's egress policy refused (drop or reject).
+    denied_egress,
+    /// New flows this vNIC's ingress policy refused (drop or reject).
+    denied_ingress,
+    /// Of the denied: refused by a reject rule (the sender was told).
+    rejected,
+    /// Flows a blocking decision would have refused, forwarded in audit mode.
+    audited,
+    /// Control frames (ARP, ND/MLD, DHCP acquisition) passed without policy.
+    control,
+    /// Frames dropped because the vNIC's policy was not realized.
+    not_realized,
+    /// Flow-log records not written because of the per-reason rate limit.
+    log_suppressed,
+}
+
+/// The firewall state of one vNIC: its connection table and counters. Lives as long as the
+/// vNIC is bound, across policy changes.
+pub struct VnicFw {
+    pub id: PortId,
+    pub name: String,
+    pub key: EndpointKey,
+    ips: Vec<IpAddr>,
+    ct: Mutex<ConnTrack>,
+    pub counters: VnicFwCounters,
+    limits: [RateLimiter; LIMITERS],
+}
+
+impl VnicFw {
+    fn zone(&self) -> Zone {
+        Zone(self.id.0)
+    }
+
+    /// Whether a tracked connection's first packet was sent by this vNIC (its source is one of
+    /// the vNIC's addresses, or unspecified for a DHCP client): the spoof guard makes every
+    /// frame a guest sends carry such a source, and frames *to* the guest never do.
+    fn sent(&self, t: &FiveTuple) -> bool {
+        self.ips.contains(&t.src) || t.src.is_unspecified()
+    }
+}
+
+#[derive(Clone)]
+struct Bound {
+    fw: Arc<VnicFw>,
+    handle: Option<EndpointHandle>,
+}
+
+/// Maps read per packet. Keys are port and rule ids (not guest-controlled), so a fast
+/// non-cryptographic hash is fine; SipHash cost ~15% of an established packet's time.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
+
+/// What the packet threads read.
+#[derive(Default)]
+struct FwState {
+    snapshot: Option<Arc<PolicySnapshot>>,
+    vnics: FastMap<PortId, Bound>,
+    local_ips: FastMap<IpAddr, PortId>,
+    rules: FastMap<RuleId, Arc<RuleStats>>,
+}
+
+impl FwState {
+    fn handle(&self, id: PortId) -> Option<EndpointHandle> {
+        self.vnics.get(&id).and_then(|b| b.handle)
+    }
+
+    fn count_rule(&self, mark: u64, new: bool, bytes: u32) {
+        if mark != 0 {
+            if let Some(r) = self.rules.get(&RuleId(mark)) {
+                r.hit(new, bytes);
+            }
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.generation())
+    }
+}
+
+/// The writers' view, from which [`FwState`] is rebuilt.
+#[derive(Default)]
+struct Registry {
+    snapshot: Option<Arc<PolicySnapshot>>,
+    vnics: BTreeMap<PortId, Arc<VnicFw>>,
+    rules: FastMap<RuleId, Arc<RuleStats>>,
+}
+
+/// What a policy re-check did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RecheckReport {
+    /// Connections examined (all tables).
+    pub checked: usize,
+    /// Connections cut because the new policy no longer allows them.
+    pub cut: usize,
+    /// Connections kept.
+    pub kept: usize,
+}
+
+/// Per-vNIC firewall status, for `counters.json` and the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct VnicFwStatus {
+    pub id: u32,
+    pub name: String,
+    pub endpoint: String,
+    pub realized: bool,
+    /// Security identity of the endpoint in the current snapshot.
+    pub identity: Option<u32>,
+    pub connections: usize,
+    pub counters: VnicFwCountersSnapshot,
+    pub conntrack: ConntrackStatus,
+}
+
+/// Connection-table counters of one vNIC (dfw `CtStats`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConntrackStatus {
+    pub new: u64,
+    pub picked_up: u64,
+    pub established: u64,
+    pub related: u64,
+    pub untracked: u64,
+    pub denied: u64,
+    pub expired: u64,
+    pub reopened: u64,
+    pub recheck_cut: u64,
+    pub drops: BTreeMap<&'static str, u64>,
+    pub memory_bytes: usize,
+}
+
+/// How a conntrack drop is counted by the pipeline.
+fn ct_drop(r: CtDropReason) -> PolicyDrop {
+    match r {
+        CtDropReason::TableFull | CtDropReason::ZoneFull => PolicyDrop::ConntrackFull,
+        CtDropReason::Invalid(_) => PolicyDrop::ConntrackInvalid,
+    }
+}
+
+/// The packet facts a flow event carries.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    now: u64,
+    meta: Option<&'a PacketMeta>,
+    tuple: Option<FiveTuple>,
+}
+
+/// The stateful firewall (see the module doc).
+pub struct Firewall {
+    state: ArcSwap<FwState>,
+    registry: Mutex<Registry>,
+    ct_config: CtConfig,
+    sink: Option<FlowSink>,
+    /// Frames from or to a port the firewall does not know (not bound): dropped.
+    unknown_port_drops: AtomicU64,
+}
+
+impl Firewall {
+    /// A firewall with no policy installed yet (every vNIC fails closed) and no vNIC bound.
+    /// `ct_config` sizes each vNIC's table; `sink` receives flow events.
+    pub fn new(ct_config: CtConfig, sink: Option<FlowSink>) -> Result<Firewall, CtConfigError> {
+        ct_config.validate()?;
+        Ok(Firewall {
+            state: ArcSwap::from_pointee(FwState::default()),
+            registry: Mutex::new(Registry::default()),
+            ct_config,
+            sink,
+            unknown_port_drops: AtomicU64::new(0),
+        })
+    }
+
+    /// Rebuilds and publishes the packet threads' state from the registry.
+    fn publish(&self, reg: &mut Registry) {
+        let mut st = FwState {
+            snapshot: reg.snapshot.clone(),
+            ..FwState::default()
+        };
+        let mut rules = FastMap::default();
+        for (id, fw) in &reg.vnics {
+            let view = reg.snapshot.as_ref().and_then(|s| s.endpoint(&fw.key));
+            if let Some(v) = &view {
+                for dir in [Direction::Ingress, Direction::Egress] {
+                    for r in v.rules(dir) {
+                        let stats = reg.rules.get(&r.rule_id).cloned().unwrap_or_default();
+                        rules.insert(r.rule_id, stats);
+                    }
+                }
+            }
+            for ip in &fw.ips {
+                st.local_ips.insert(*ip, *id);
+            }
+            st.vnics.insert(
+                *id,
+                Bound {
+                    fw: fw.clone(),
+                    handle: view.map(|v| v.handle()),
+                },
+            );
+        }
+        reg.rules = rules.clone();
+        st.rules = rules;
+        self.state.store(Arc::new(st));
+    }
+
+    /// Registers a vNIC (its connection table starts empty). It is realized as soon as the
+    /// installed snapshot contains `key`.
+    pub fn bind_vnic(
+        &self,
+        id: PortId,
+        name: &str,
+        key: EndpointKey,
+        ips: Vec<IpAddr>,
+    ) -> Result<(), CtConfigError> {
+        let ct = ConnTrack::new(self.ct_config.clone())?;
+        let fw = Arc::new(VnicFw {
+            id,
+            name: name.to_owned(),
+            key,
+            ips,
+            ct: Mutex::new(ct),
+            counters: VnicFwCounters::default(),
+            limits: std::array::from_fn(|_| RateLimiter::default()),
+        });
+        let mut reg = lock(&self.registry);
+        reg.vnics.insert(id, fw);
+        self.publish(&mut reg);
+        Ok(())
+    }
+
+    /// Forgets a vNIC and its connections. Returns whether it was bound.
+    pub fn unbind_vnic(&self, id: PortId) -> bool {
+        let mut reg = lock(&self.registry);
+        let found = reg.vnics.remove(&id).is_some();
+        self.publish(&mut reg);
+        found
+    }
+
+    /// Installs a new realized policy for every vNIC. Established connections keep flowing
+    /// until [`Firewall::recheck`] re-decides them.
+    pub fn install(&self, snapshot: Arc<PolicySnapshot>) {
+        let mut reg = lock(&self.registry);
+        reg.snapshot = Some(snapshot);
+        self.publish(&mut reg);
+    }
+
+    /// Generation of the installed snapshot, if any.
+    pub fn generation(&self) -> Option<u64> {
+        self.state.load().snapshot.as_ref().map(|s| s.generation())
+    }
+
+    /// The installed snapshot.
+    pub fn snapshot(&self) -> Option<Arc<PolicySnapshot>> {
+        self.state.load().snapshot.clone()
+    }
+
+    /// Re-decides every tracked connection under the installed policy: connections it no
+    /// longer allows are removed (their next packet is a new flow and meets the policy
+    /// again), the others keep their state and take the new deciding rule as their mark.
+    /// Connections of a vNIC that is not realized are all cut. O(connections).
+    pub fn recheck(&self) -> RecheckReport {
+        let st = self.state.load_full();
+        let mut report = RecheckReport::default();
+        for b in st.vnics.values() {
+            let mut ct = lock(&b.fw.ct);
+            let before = ct.len();
+            report.checked += before;
+            let cut = match (b.handle, st.snapshot.as_deref()) {
+                (Some(h), Some(snap)) => {
+                    ct.recheck(|_zone, tuple, _mark| recheck_one(&st, snap, &b.fw, h, tuple))
+                }
+                _ => ct.flush_zone(b.fw.zone()),
+            };
+            report.cut += cut;
+            report.kept += before - cut;
+        }
+        report
+    }
+
+    /// [`Firewall::install`] then [`Firewall::recheck`].
+    pub fn apply(&self, snapshot: Arc<PolicySnapshot>) -> RecheckReport {
+        self.install(snapshot);
+        self.recheck()
+    }
+
+    /// Bounded expiry sweep of every table (a control-plane tick, for vNICs whose own batches
+    /// are rare). Returns how many connections expired.
+    pub fn expire_all(&self, now: u64, budget_per_vnic: usize) -> usize {
+        let st = self.state.load();
+        st.vnics
+            .values()
+            .map(|b| lock(&b.fw.ct).expire(now, budget_per_vnic))
+            .sum()
+    }
+
+    /// The tracked connection `tuple` belongs to in vNIC `id`'s zone.
+    pub fn connection(&self, id: PortId, tuple: &FiveTuple, now: u64) -> Option<ConnInfo> {
+        let st = self.state.load();
+        let b = st.vnics.get(&id)?;
+        let found = lock(&b.fw.ct).lookup(b.fw.zone(), tuple, now);
+        found.map(|(_, info)| info)
+    }
+
+    /// Connections tracked for vNIC `id`.
+    pub fn connections(&self, id: PortId) -> Vec<ConnInfo> {
+        let st = self.state.load();
+        match st.vnics.get(&id) {
+            Some(b) => lock(&b.fw.ct).iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Status of every bound vNIC.
+    pub fn status(&self) -> Vec<VnicFwStatus> {
+        let st = self.state.load();
+        let mut out: Vec<VnicFwStatus> = st
+            .vnics
+            .values()
+            .map(|b| {
+                let ct = lock(&b.fw.ct);
+                let s = ct.stats();
+                let identity = b.handle.and_then(|h| {
+                    st.snapshot
+                        .as_ref()
+                        .and_then(|snap| snap.endpoint_by_handle(h))
+                        .map(|v| v.identity().0)
+                });
+                VnicFwStatus {
+                    id: b.fw.id.0,
+                    name: b.fw.name.clone(),
+                    endpoint: b.fw.key.to_string(),
+                    realized: b.handle.is_some(),
+                    identity,
+                    connections: ct.len(),
+                    counters: b.fw.counters.snapshot(),
+                    conntrack: ConntrackStatus {
+                        new: s.new,
+                        picked_up: s.picked_up,
+                        established: s.established,
+                        related: s.related,
+                        untracked: s.untracked,
+                        denied: s.denied,
+                        expired: s.expired,
+                        reopened: s.reopened,
+                        recheck_cut: s.recheck_cut,
+                        drops: s
+                            .drop_counts()
+                            .filter(|(_, n)| *n != 0)
+                            .map(|(r, n)| (r.as_str(), n))
+                            .collect(),
+                        memory_bytes: ct.memory_bytes(),
+                    },
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| s.id);
+        out
+    }
+
+    /// Hit counters of every rule applying to a bound vNIC, by rule id.
+    pub fn rule_counters(&self) -> BTreeMap<RuleId, RuleCounters> {
+        let st = self.state.load();
+        st.rules.iter().map(|(id, r)| (*id, r.snapshot())).collect()
+    }
+
+    pub fn unknown_port_drops(&self) -> u64 {
+        self.unknown_port_drops.load(Ordering::Relaxed)
+    }
+
+    // --- packet path -------------------------------------------------------------------
+
+    /// Pushes a flow event for `fw`, within the vNIC's per-category rate budget.
+    #[allow(clippy::too_many_arguments)]
+    fn log(
+        &self,
+        fw: &VnicFw,
+        seen: Seen<'_>,
+        direction: Direction,
+        verdict: FlowVerdict,
+        reason: Option<DropReason>,
+        decider: FlowDecider,
+        generation: u64,
+    ) {
+        let Some(sink) = &self.sink else { return };
+        let (slot, budget) = match reason {
+            Some(r) => (r as usize, DROP_RECORDS_PER_SECOND),
+            None => (LIMIT_NEW, NEW_RECORDS_PER_SECOND),
+        };
+        if !fw.limits[slot].allow(seen.now, budget) {
+            fw.counters.log_suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let (icmp_type, icmp_code) = seen.meta.map_or((0, 0), |m| (m.icmp_type, m.icmp_code));
+        sink.push(FlowEvent {
+            time: seen.now,
+            vnic: fw.id,
+            direction,
+            tuple: seen.tuple,
+            icmp_type,
+            icmp_code,
+            verdict,
+            reason,
+            decider,
+            generation,
+        });
+    }
+
+    fn not_realized(
+        &self,
+        fw: &VnicFw,
+        direction: Direction,
+        seen: Seen<'_>,
+        generation: u64,
+    ) -> FilterVerdict {
+        fw.counters.not_realized.fetch_add(1, Ordering::Relaxed);
+        self.log(
+            fw,
+            seen,
+            direction,
+            FlowVerdict::Dropped,
+            Some(DropReason::PolicyNotRealized),
+            FlowDecider::NotRealized,
+            generation,
+        );
+        FilterVerdict::Drop(PolicyDrop::NotRealized)
+    }
+
+    /// An admitted new flow (or untracked packet) at `fw`'s side `d`.
+    fn admitted(&self, fw: &VnicFw, d: &SideDecision, seen: Seen<'_>, generation: u64) {
+        let c = &fw.counters;
+        let verdict = if d.audit {
+            c.audited.fetch_add(1, Ordering::Relaxed);
+            FlowVerdict::Audit
+        } else {
+            FlowVerdict::Forwarded
+        };
+        match d.direction {
+            Direction::Egress => c.allowed_egress.fetch_add(1, Ordering::Relaxed),
+            Direction::Ingress => c.allowed_ingress.fetch_add(1, Ordering::Relaxed),
+        };
+        self.log(
+            fw,
+            seen,
+            d.direction,
+            verdict,
+            None,
+            FlowDecider::Policy(d.by),
+            generation,
+        );
+    }
+
+    /// A flow refused by `fw`'s side `d`.
+    fn refused(
+        &self,
+        st: &FwState,
+        fw: &VnicFw,
+        d: &SideDecision,
+        seen: Seen<'_>,
+    ) -> FilterVerdict {
+        let c = &fw.counters;
+        match d.direction {
+            Direction::Egress => c.denied_egress.fetch_add(1, Ordering::Relaxed),
+            Direction::Ingress => c.denied_ingress.fetch_add(1, Ordering::Relaxed),
+        };
+        st.count_rule(d.mark(), true, seen.meta.map_or(0, |m| m.len));
+        let (verdict, reason, out) = match d.reject_kind() {
+            Some(kind) => {
+                c.rejected.fetch_add(1, Ordering::Relaxed);
+                (
+                    FlowVerdict::Rejected,
+                    DropReason::PolicyRejected,
+                    FilterVerdict::Reject(kind),
+                )
+            }
+            None => (
+                FlowVerdict::Dropped,
+                DropReason::PolicyDenied,
+                FilterVerdict::Drop(PolicyDrop::Denied),
+            ),
+        };
+        self.log(
+            fw,
+            seen,
+            d.direction,
+            verdict,
+            Some(reason),
+            FlowDecider::Policy(d.by),
+            st.generation(),
+        );
+        out
+    }
+
+    fn dropped(
+        &self,
+        fw: &VnicFw,
+        direction: Direction,
+        seen: Seen<'_>,
+        why: PolicyDrop,
+        decider: FlowDecider,
+        generation: u64,
+    ) -> FilterVerdict {
+        self.log(
+            fw,
+            seen,
+            direction,
+            FlowVerdict::Dropped,
+            Some(why.reason()),
+            decider,
+            generation,
+        );
+        FilterVerdict::Drop(why)
+    }
+
+    /// An IP packet between `sender` (a local vNIC, if it comes from one) and `receiver`.
+    fn ip_packet(
+        &self,
+        now: u64,
+        sender: Option<&Bound>,
+        receiver: Option<&Bound>,
+        meta: &PacketMeta,
+        q: &FlowQuery,
+    ) -> FilterVerdict {
+        let seen = Seen {
+            now,
+            meta: Some(meta),
+            tuple: Some(meta.tuple),
+        };
+        // The decision the sender's zone made for this packet, for the receiver's zone.
+        let mut made: Option<(u64, FlowDecision)> = None;
+
+        if let Some(s) = sender {
+            let mut ct = lock(&s.fw.ct);
+            // Loaded under the table lock: see "Policy changes" in the module doc.
+            let st = self.state.load();
+            let gen = st.generation();
+            let (Some(snap), Some(sh)) = (st.snapshot.as_deref(), st.handle(s.fw.id)) else {
+                drop(ct);
+                return self.not_realized(&s.fw, Direction::Egress, seen, gen);
+            };
+            let rh = match receiver {
+                Some(r) => match st.handle(r.fw.id) {
+                    Some(h) => Some(h),
+                    None => {
+                        drop(ct);
+                        return self.not_realized(&r.fw, Direction::Ingress, seen, gen);
+                    }
+                },
+                None => None,
+            };
+            let mut outcome: Result<FlowDecision, Stale> = Err(Stale);
+            let v = ct.process(s.fw.zone(), meta, now, |_| {
+                outcome = decide_flow(snap, Some(sh), rh, q);
+                match &outcome {
+                    Ok(d) => match d.blocking() {
+                        None => CtDecision::Allow {
+                            mark: d.egress.map_or(0, |e| e.mark()),
+                        },
+                        Some(b) => CtDecision::Deny { mark: b.mark() },
+                    },
+                    Err(Stale) => CtDecision::Deny { mark: 0 },
+                }
+            });
+            drop(ct);
+            match v {
+                CtVerdict::New { mark, .. } | CtVerdict::Untracked { mark } => {
+                    st.count_rule(mark, true, meta.len);
+                    if let Ok(d) = &outcome {
+                        if let Some(e) = &d.egress {
+                            self.admitted(&s.fw, e, seen, gen);
+                        }
+                        made = Some((gen, *d));
+                    }
+                }
+                CtVerdict::Established { mark, .. } | CtVerdict::Related { mark, .. } => {
+                    st.count_rule(mark, false, meta.len);
+                }
+                CtVerdict::Denied { .. } => {
+                    return match outcome {
+                        Ok(d) => match (d.blocking(), receiver) {
+                            (Some(b), Some(r)) if b.direction == Direction::Ingress => {
+                                self.refused(&st, &r.fw, &b, seen)
+                            }
+                            (Some(b), _) => self.refused(&st, &s.fw, &b, seen),
+                            // Deny without a blocking side cannot happen; fail closed.
+                            (None, _) => FilterVerdict::Drop(PolicyDrop::Denied),
+                        },
+                        Err(Stale) => self.not_realized(&s.fw, Direction::Egress, seen, gen),
+                    };
+                }
+                CtVerdict::Dropped(r) => {
+                    let why = ct_drop(r);
+                    return self.dropped(
+                        &s.fw,
+                        Direction::Egress,
+                        seen,
+                        why,
+                        FlowDecider::Conntrack,
+                        gen,
+                    );
+                }
+            }
+        }
+
+        if let Some(r) = receiver {
+            let mut ct = lock(&r.fw.ct);
+            let st = self.state.load();
+            let gen = st.generation();
+            let (Some(snap), Some(rh)) = (st.snapshot.as_deref(), st.handle(r.fw.id)) else {
+                drop(ct);
+                return self.not_realized(&r.fw, Direction::Ingress, seen, gen);
+            };
+            let mut outcome: Result<SideDecision, Stale> = Err(Stale);
+            let v = ct.process(r.fw.zone(), meta, now, |_| {
+                outcome = match made {
+                    Some((
+                        g,
+                        FlowDecision {
+                            ingress: Some(d), ..
+                        },
+                    )) if g == gen => Ok(d),
+                    _ => decide(snap, rh, Direction::Ingress, q),
+                };
+                match &outcome {
+                    Ok(d) if !d.blocks() => CtDecision::Allow { mark: d.mark() },
+                    Ok(d) => CtDecision::Deny { mark: d.mark() },
+                    Err(Stale) => CtDecision::Deny { mark: 0 },
+                }
+            });
+            drop(ct);
+            match v {
+                CtVerdict::New { mark, .. } | CtVerdict::Untracked { mark } => {
+                    st.count_rule(mark, true, meta.len);
+                    if let Ok(d) = &outcome {
+                        self.admitted(&r.fw, d, seen, gen);
+                    }
+                }
+                CtVerdict::Established { mark, .. } | CtVerdict::Related { mark, .. } => {
+                    st.count_rule(mark, false, meta.len);
+                }
+                CtVerdict::Denied { .. } => {
+                    return match outcome {
+                        Ok(d) => self.refused(&st, &r.fw, &d, seen),
+                        Err(Stale) => self.not_realized(&r.fw, Direction::Ingress, seen, gen),
+                    };
+                }
+                CtVerdict::Dropped(reason) => {
+                    return self.dropped(
+                        &r.fw,
+                        Direction::Ingress,
+                        seen,
+                        ct_drop(reason),
+                        FlowDecider::Conntrack,
+                        gen,
+                    );
+                }
+            }
+        }
+        FilterVerdict::Forward
+    }
+}
+
+/// The re-check decision for one connection of `fw`'s zone (see [`Firewall::recheck`]).
+fn recheck_one(
+    st: &FwState,
+    snap: &PolicySnapshot,
+    fw: &VnicFw,
+    handle: EndpointHandle,
+    tuple: &FiveTuple,
+) -> CtDecision {
+    const CUT: CtDecision = CtDecision::Deny { mark: 0 };
+    let sent = fw.sent(tuple);
+    let peer_ip = if sent { tuple.dst } else { tuple.src };
+    // The other end, if it is a local vNIC, decides its side too (as when the connection was
+    // admitted); an unrealized local peer admits nothing.
+    let peer = match st.local_ips.get(&peer_ip).and_then(|id| st.vnics.get(id)) {
+        Some(b) if b.fw.id != fw.id => match b.handle {
+            Some(h) => Some(h),
+            None => return CUT,
+        },
+        _ => None,
+    };
+    let (sender, receiver) = if sent {
+        (Some(handle), peer)
+    } else {
+        (peer, Some(handle))
+    };
+    let mut q = FlowQuery::from_tuple(tuple);
+    // Tracked ICMP connections are echo exchanges, keyed by the request.
+    match tuple.protocol {
+        IpProtocol::Icmp => q.icmp_type = 8,
+        IpProtocol::Icmpv6 => q.icmp_type = 128,
+        _ => {}
+    }
+    match decide_flow(snap, sender, receiver, &q) {
+        Ok(d) if d.allows() => {
+            let own = if sent { d.egress } else { d.ingress };
+            CtDecision::Allow {
+                mark: own.map_or(0, |s| s.mark()),
+            }
+        }
+        _ => CUT,
+    }
+}
+
+impl PacketFilter for Firewall {
+    fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
+        let st = self.state.load();
+        let gen = st.generation();
+        let bound = |p: PortRef| match p {
+            PortRef::Vnic(id) => st.vnics.get(&id).map(Some).ok_or(()),
+            PortRef::Uplink => Ok(None),
+        };
+        let (Ok(sender), Ok(receiver)) = (bound(ctx.ingress), bound(ctx.egress)) else {
+            self.unknown_port_drops.fetch_add(1, Ordering::Relaxed);
+            return FilterVerdict::Drop(PolicyDrop::NotRealized);
+        };
+        let seen = Seen {
+            now: ctx.now,
+            meta: None,
+            tuple: pkt.five_tuple(),
+        };
+        // Fail closed before anything else, control traffic included.
+        if let Some(s) = sender.filter(|b| b.handle.is_none()) {
+            return self.not_realized(&s.fw, Direction::Egress, seen, gen);
+        }
+        if let Some(r) = receiver.filter(|b| b.handle.is_none()) {
+            return self.not_realized(&r.fw, Direction::Ingress, seen, gen);
+        }
+        let (side, direction) = match (sender, receiver) {
+            (Some(s), _) => (s, Direction::Egress),
+            (None, Some(r)) => (r, Direction::Ingress),
+            // Uplink to uplink: the switch never asks.
+            (None, None) => return FilterVerdict::Drop(PolicyDrop::NotRealized),
+        };
+        match classify(pkt, ctx.ingress == PortRef::Uplink) {
+            Class::Control(_) => {
+                side.fw.counters.control.fetch_add(1, Ordering::Relaxed);
+                FilterVerdict::Forward
+            }
+            Class::Ip { meta, query } => self.ip_packet(ctx.now, sender, receiver, &meta, &query),
+            Class::Fragment => self.dropped(
+                &side.fw,
+                direction,
+                seen,
+                PolicyDrop::Fragment,
+                FlowDecider::Protocol,
+                gen,
+            ),
+            Class::NotIp => self.dropped(
+                &side.fw,
+                direction,
+                seen,
+                PolicyDrop::NotIp,
+                FlowDecider::Protocol,
+                gen,
+            ),
+        }
+    }
+
+    fn end_batch(&self, ingress: PortRef, now: u64) {
+        if let PortRef::Vnic(id) = ingress {
+            let st = self.state.load();
+            if let Some(b) = st.vnics.get(&id) {
+                lock(&b.fw.ct).expire(now, EXPIRE_BUDGET_PER_BATCH);
+            }
+        }
+    }
+
+    fn observe_drop(&self, ingress: PortRef, pkt: &ParsedPacket, reason: DropReason, now: u64) {
+        let PortRef::Vnic(id) = ingress else { return };
+        let st = self.state.load();
+        if let Some(b) = st.vnics.get(&id) {
+            let seen = Seen {
+                now,
+                meta: None,
+                tuple: pkt.five_tuple(),
+            };
+            self.log(
+                &b.fw,
+                seen,
+                Direction::Egress,
+                FlowVerdict::Dropped,
+                Some(reason),
+                FlowDecider::SpoofGuard,
+                st.generation(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,486 @@
+//! The firewall behind a real [`Pipeline`] (ports, switch, reject builder), fed frames
+//! directly. The vhost-user path is covered by `tests/firewall.rs`.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dfw::compile::{Engine, EngineConfig};
+use dfw::model::{Endpoint, EndpointKind};
+use etherparse::PacketBuilder;
+
+use super::*;
+use crate::counters::PortCounters;
+use crate::flowlog::{FlowCatalog, FlowLog, FlowRecord};
+use crate::mac::MacAddr;
+use crate::net_hdr::VirtioNetHdr;
+use crate::pipeline::{Disposition, Pipeline, Scratch};
+use crate::port::{UplinkPort, VnicIdentity, VnicPort};
+use crate::switch::Egress;
+
+const POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: web}}}]
+      ports: [{protocol: TCP, port: 5432}, {protocol: TCP, port: 6432}]
+    - from: [{ipBlock: {cidr: 192.0.2.0/24}}]
+---
+apiVersion: crd.antrea.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: no-telnet}
+spec:
+  priority: 1
+  tier: securityops
+  appliedTo: [{podSelector: {}}]
+  ingress:
+    - action: Reject
+      name: reject-telnet
+      ports: [{protocol: TCP, port: 23}]
+"#;
+
+/// Records what the uplink was asked to send (the real TAP is covered in
+/// `tests/uplink_tap.rs`; here only the firewall's decisions matter).
+#[derive(Default)]
+struct RecordingUplink {
+    counters: PortCounters,
+    sent: Mutex<Vec<Vec<u8>>>,
+}
+
+impl UplinkPort for RecordingUplink {
+    fn transmit(&self, _hdr: &VirtioNetHdr, frame: &[u8]) -> std::io::Result<()> {
+        self.sent.lock().unwrap().push(frame.to_vec());
+        Ok(())
+    }
+    fn counters(&self) -> &PortCounters {
+        &self.counters
+    }
+    fn name(&self) -> &str {
+        "rec"
+    }
+}
+
+fn mac(n: u8) -> MacAddr {
+    MacAddr([0x52, 0x54, 0, 0, 0, n])
+}
+
+fn ip(n: u8) -> IpAddr {
+    IpAddr::from([10, 0, 0, n])
+}
+
+fn endpoint(name: &str, app: &str, n: u8) -> Endpoint {
+    Endpoint {
+        name: name.into(),
+        namespace: "shop".into(),
+        kind: EndpointKind::Vm,
+        labels: [("app".to_string(), app.to_string())].into(),
+        ips: vec![ip(n)],
+        mac: Some(mac(n).octets()),
+        named_ports: Default::default(),
+    }
+}
+
+struct Net {
+    p: Pipeline,
+    fw: Arc<Firewall>,
+    engine: Engine,
+    log: FlowLog,
+    web: Arc<VnicPort>,
+    db: Arc<VnicPort>,
+    up: Arc<RecordingUplink>,
+    s: Scratch,
+    now: u64,
+}
+
+impl Net {
+    /// web (10.0.0.1) and db (10.0.0.2) bound; the policy installed unless `install` is false.
+    fn new(install: bool) -> Net {
+        let p = Pipeline::new(Arc::new(crate::filter::FailClosed));
+        let log = FlowLog::start(None, 0).unwrap();
+        let fw = Arc::new(Firewall::new(CtConfig::default(), Some(log.sink())).unwrap());
+        let up = Arc::new(RecordingUplink::default());
+        p.set_uplink(Some(up.clone()));
+        let mut engine = Engine::new(EngineConfig::default());
+        let mut port = |name: &str, app: &str, n: u8| {
+            let id = p.alloc_port_id();
+            let e = endpoint(name, app, n);
+            engine.upsert_endpoint(e.clone()).unwrap();
+            fw.bind_vnic(id, name, e.key(), e.ips.clone()).unwrap();
+            let port = Arc::new(
+                VnicPort::new(
+                    id,
+                    VnicIdentity {
+                        name: name.into(),
+                        ..Default::default()
+                    },
+                    mac(n),
+                    &e.ips,
+                )
+                .unwrap(),
+            );
+            port.set_rx_ready(true);
+            p.add_vnic(port.clone()).unwrap();
+            port
+        };
+        let web = port("web", "web", 1);
+        let db = port("db", "db", 2);
+        engine
+            .apply(dfw::crd::parse_documents(POLICY, "p.yaml").unwrap().objects)
+            .unwrap();
+        if install {
+            fw.install(engine.snapshot());
+        }
+        // Names for the flow records (the daemon publishes these on every change).
+        log.set_catalog(FlowCatalog {
+            snapshot: Some(engine.snapshot()),
+            ..FlowCatalog::default()
+        });
+        p.set_filter(fw.clone());
+        Net {
+            p,
+            fw,
+            engine,
+            log,
+            web,
+            db,
+            up,
+            s: Scratch::new(),
+            now: 1_000_000,
+        }
+    }
+
+    fn send(&mut self, from: &Arc<VnicPort>, frame: &[u8]) -> Disposition {
+        self.now += 1000;
+        self.p
+            .from_vnic(from, &VirtioNetHdr::default(), frame, self.now, &mut self.s)
+    }
+
+    fn recv_uplink(&mut self, frame: &[u8]) -> Disposition {
+        self.now += 1000;
+        self.p
+            .from_uplink(&VirtioNetHdr::default(), frame, self.now, &mut self.s)
+    }
+
+    fn records(&self) -> Vec<FlowRecord> {
+        assert!(self.log.sync(Duration::from_secs(5)));
+        self.log.recent(1000)
+    }
+}
+
+/// A TCP segment `from` -> `to` (vNIC numbers; 99 = a host behind the uplink, 192.0.2.9).
+fn tcp(from: u8, to: u8, sport: u16, dport: u16, seq: u32, ack: Option<u32>, syn: bool) -> Vec<u8> {
+    let addr = |n: u8| {
+        if n == 99 {
+            [192, 0, 2, 9]
+        } else {
+            [10, 0, 0, n]
+        }
+    };
+    let mut f = Vec::new();
+    let b = PacketBuilder::ethernet2(mac(from).0, mac(to).0)
+        .ipv4(addr(from), addr(to), 64)
+        .tcp(sport, dport, seq, 64000);
+    let b = if syn { b.syn() } else { b };
+    let b = match ack {
+        Some(a) => b.ack(a),
+        None => b,
+    };
+    b.write(&mut f, &[]).unwrap();
+    f
+}
+
+fn syn(from: u8, to: u8, sport: u16, dport: u16) -> Vec<u8> {
+    tcp(from, to, sport, dport, 100, None, true)
+}
+
+fn syn_ack(from: u8, to: u8, sport: u16, dport: u16) -> Vec<u8> {
+    tcp(from, to, sport, dport, 500, Some(101), true)
+}
+
+fn to(port: &VnicPort) -> Disposition {
+    Disposition::Forwarded(Egress::Vnic(port.id))
+}
+
+#[test]
+fn nothing_passes_before_a_policy_is_installed() {
+    let mut n = Net::new(false);
+    let (web, db) = (n.web.clone(), n.db.clone());
+    assert_eq!(
+        n.send(&web, &syn(1, 2, 40000, 5432)),
+        Disposition::Dropped(DropReason::PolicyNotRealized)
+    );
+    assert_eq!(web.counters.drops(DropReason::PolicyNotRealized), 1);
+    // Not even ARP.
+    let mut arp = Vec::new();
+    arp.extend_from_slice(&[0xff; 6]);
+    arp.extend_from_slice(&mac(1).0);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&mac(1).0);
+    arp.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
+    assert_eq!(
+        n.send(&web, &arp),
+        Disposition::Dropped(DropReason::PolicyNotRealized)
+    );
+    assert!(db.inbox.is_empty());
+    let recs = n.records();
+    assert!(recs.iter().all(|r| r.decided_by == "not_realized"));
+    // Installing realizes both vNICs; ARP then passes without a policy decision.
+    n.fw.install(n.engine.snapshot());
+    assert_eq!(n.send(&web, &arp), to(&db));
+    let st = n.fw.status();
+    assert_eq!(st[0].counters.control, 1);
+    assert_eq!(st[0].counters.not_realized, 2);
+}
+
+#[test]
+fn allowed_connection_replies_take_the_fast_path_and_others_are_denied() {
+    let mut n = Net::new(true);
+    let (web, db) = (n.web.clone(), n.db.clone());
+    assert_eq!(n.send(&web, &syn(1, 2, 40000, 5432)), to(&db));
+    assert_eq!(n.send(&db, &syn_ack(2, 1, 5432, 40000)), to(&web));
+    assert_eq!(
+        n.send(&web, &tcp(1, 2, 40000, 5432, 101, Some(501), false)),
+        to(&db)
+    );
+    // Both zones track it; the reply and the ACK were no new decisions.
+    let t = dfw::flow::FiveTuple {
+        src: ip(1),
+        dst: ip(2),
+        protocol: dfw::flow::IpProtocol::Tcp,
+        src_port: 40000,
+        dst_port: 5432,
+    };
+    let in_web = n.fw.connection(web.id, &t, n.now).unwrap();
+    let in_db = n.fw.connection(db.id, &t, n.now).unwrap();
+    assert_eq!(in_web.packets, [2, 1]);
+    assert_eq!(in_db.packets, [2, 1]);
+    assert_eq!(in_web.mark, 0, "web's egress: default allow");
+    assert_ne!(in_db.mark, 0, "db's ingress: the allow rule");
+
+    // SSH is not allowed: db's isolation drops it, counted on the sender's port.
+    assert_eq!(
+        n.send(&web, &syn(1, 2, 40001, 22)),
+        Disposition::Dropped(DropReason::PolicyDenied)
+    );
+    assert_eq!(web.counters.drops(DropReason::PolicyDenied), 1);
+    // A SYN-ACK nobody asked for is not a connection.
+    assert_eq!(
+        n.send(&db, &syn_ack(2, 1, 22, 40001)),
+        Disposition::Dropped(DropReason::ConntrackInvalid)
+    );
+
+    let st = n.fw.status();
+    let (w, d) = (&st[0], &st[1]);
+    assert_eq!(
+        (w.counters.allowed_egress, w.counters.denied_egress),
+        (1, 0)
+    );
+    assert_eq!(
+        (d.counters.allowed_ingress, d.counters.denied_ingress),
+        (1, 1)
+    );
+    assert_eq!(w.conntrack.established, 2);
+
+    let rules = n.fw.rule_counters();
+    let allow = rules.get(&RuleId(in_db.mark)).unwrap();
+    assert_eq!((allow.sessions, allow.packets), (1, 3));
+
+    let recs = n.records();
+    let new: Vec<_> = recs.iter().filter(|r| r.drop_reason.is_none()).collect();
+    assert_eq!(new.len(), 2, "one record per side of the new connection");
+    assert_eq!(
+        (new[0].vnic.as_str(), new[0].direction),
+        ("vnic#1", Direction::Egress)
+    );
+    assert_eq!(new[0].decided_by, "default_allow");
+    assert_eq!(new[1].direction, Direction::Ingress);
+    assert_eq!(new[1].decided_by, "rule");
+    let denied = recs
+        .iter()
+        .find(|r| r.drop_reason == Some("policy_denied"))
+        .unwrap();
+    assert_eq!(denied.decided_by, "isolation");
+    assert_eq!(denied.direction, Direction::Ingress);
+    assert_eq!(denied.dst.as_ref().unwrap().port, 22);
+    assert_eq!(
+        denied.src.as_ref().unwrap().endpoint.as_deref(),
+        Some("shop/web")
+    );
+}
+
+#[test]
+fn reject_rule_answers_the_sender_with_an_rst() {
+    let mut n = Net::new(true);
+    let web = n.web.clone();
+    assert_eq!(
+        n.send(&web, &syn(1, 2, 40000, 23)),
+        Disposition::Rejected { replied: true }
+    );
+    let rst = web.inbox.pop().unwrap();
+    let p = ParsedPacket::parse(&rst.data).unwrap();
+    let t = p.tcp().unwrap();
+    assert!(t.flags.rst() && t.flags.ack());
+    assert_eq!((t.src_port, t.dst_port, t.ack), (23, 40000, 101));
+    assert!(n.db.inbox.is_empty());
+    assert_eq!(n.fw.status()[1].counters.rejected, 1);
+    let rec = n.records().pop().unwrap();
+    assert_eq!(rec.verdict, FlowVerdict::Rejected);
+    assert_eq!(rec.rule_id.as_deref().map(str::len), Some(16));
+}
+
+#[test]
+fn uplink_traffic_is_decided_by_the_local_side_only() {
+    let mut n = Net::new(true);
+    let (web, db) = (n.web.clone(), n.db.clone());
+    // 192.0.2.9 -> db:80 is allowed by the ipBlock rule (db's ingress).
+    assert_eq!(n.recv_uplink(&syn(99, 2, 5555, 80)), to(&db));
+    assert_eq!(
+        n.send(&db, &syn_ack(2, 99, 80, 5555)),
+        Disposition::Forwarded(Egress::Uplink)
+    );
+    assert_eq!(n.up.sent.lock().unwrap().len(), 1);
+    // web is not isolated: anything from the uplink reaches it (Kubernetes default).
+    assert_eq!(n.recv_uplink(&syn(99, 1, 5555, 9999)), to(&web));
+    // web -> outside: web's egress only.
+    assert_eq!(
+        n.send(&web, &syn(1, 99, 41000, 443)),
+        Disposition::Forwarded(Egress::Uplink)
+    );
+    let st = n.fw.status();
+    assert_eq!(st[1].counters.allowed_ingress, 1);
+    assert_eq!(
+        st[1].counters.allowed_egress, 0,
+        "the reply made no decision"
+    );
+    assert_eq!(st[0].counters.allowed_egress, 1);
+}
+
+#[test]
+fn recheck_cuts_what_the_new_policy_refuses_and_keeps_the_rest() {
+    let mut n = Net::new(true);
+    let (web, db) = (n.web.clone(), n.db.clone());
+    for port in [5432, 6432] {
+        assert_eq!(n.send(&web, &syn(1, 2, 40000, port)), to(&db));
+        assert_eq!(n.send(&db, &syn_ack(2, 1, port, 40000)), to(&web));
+    }
+    // The new policy drops 5432 from the allow list.
+    let changed = POLICY.replace("{protocol: TCP, port: 5432}, ", "");
+    n.engine
+        .apply(
+            dfw::crd::parse_documents(&changed, "p.yaml")
+                .unwrap()
+                .objects,
+        )
+        .unwrap();
+    let report = n.fw.apply(n.engine.snapshot());
+    assert_eq!(report.checked, 4);
+    assert_eq!(report.cut, 2, "the 5432 connection in both zones");
+    assert_eq!(report.kept, 2);
+    // 6432 goes on; 5432's next segment is a new flow again and db's ingress refuses it.
+    assert_eq!(
+        n.send(&web, &tcp(1, 2, 40000, 6432, 101, Some(501), false)),
+        to(&db)
+    );
+    assert_eq!(
+        n.send(&web, &tcp(1, 2, 40000, 5432, 101, Some(501), false)),
+        Disposition::Dropped(DropReason::PolicyDenied)
+    );
+    assert_eq!(n.fw.status()[1].conntrack.recheck_cut, 1);
+}
+
+#[test]
+fn removing_an_endpoint_unrealizes_its_vnic_and_cuts_its_connections() {
+    let mut n = Net::new(true);
+    let (web, db) = (n.web.clone(), n.db.clone());
+    assert_eq!(n.send(&web, &syn(1, 2, 40000, 5432)), to(&db));
+    n.engine
+        .remove_endpoint(&endpoint("db", "db", 2).key())
+        .unwrap();
+    let report = n.fw.apply(n.engine.snapshot());
+    assert_eq!(
+        report.cut, 2,
+        "db's own entry, and web's entry to an unrealized peer"
+    );
+    assert_eq!(
+        n.send(&web, &syn(1, 2, 40001, 5432)),
+        Disposition::Dropped(DropReason::PolicyNotRealized)
+    );
+    assert!(!n.fw.status()[1].realized);
+}
+
+#[test]
+fn spoofed_frames_are_logged_with_the_spoof_guard_as_decider() {
+    let mut n = Net::new(true);
+    let web = n.web.clone();
+    let mut f = syn(1, 2, 40000, 5432);
+    f[26..30].copy_from_slice(&[10, 0, 0, 7]);
+    assert_eq!(
+        n.send(&web, &f),
+        Disposition::Dropped(DropReason::SpoofedSourceIp)
+    );
+    let rec = n.records().pop().unwrap();
+    assert_eq!(rec.decided_by, "spoof_guard");
+    assert_eq!(rec.drop_reason, Some("spoofed_source_ip"));
+    assert_eq!(rec.src.unwrap().ip, IpAddr::from([10, 0, 0, 7]));
+}
+
+#[test]
+fn drop_records_are_rate_limited_per_reason() {
+    let mut n = Net::new(true);
+    let web = n.web.clone();
+    for i in 0..100u16 {
+        n.send(&web, &syn(1, 2, 30000 + i, 22));
+    }
+    // All in the same second of the data path's clock.
+    let recs = n.records();
+    assert_eq!(recs.len(), DROP_RECORDS_PER_SECOND as usize);
+    let st = n.fw.status();
+    assert_eq!(st[1].counters.denied_ingress, 100);
+    assert_eq!(
+        st[1].counters.log_suppressed,
+        100 - u64::from(DROP_RECORDS_PER_SECOND)
+    );
+    // A new second brings a new budget.
+    n.now += 1_000_000_000;
+    n.send(&web, &syn(1, 2, 31000, 22));
+    assert_eq!(n.records().len(), DROP_RECORDS_PER_SECOND as usize + 1);
+}
+
+#[test]
+fn expiry_runs_at_the_end_of_a_batch() {
+    let mut n = Net::new(true);
+    let (web, db) = (n.web.clone(), n.db.clone());
+    let udp = |sport: u16| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2(mac(1).0, mac(2).0)
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .udp(sport, 53)
+            .write(&mut f, b"q")
+            .unwrap();
+        f
+    };
+    // db is isolated for ingress; UDP/53 from web is refused there but web's egress entry is
+    // never created (web's table only holds what both sides allow).
+    assert_eq!(
+        n.send(&web, &udp(1000)),
+        Disposition::Dropped(DropReason::PolicyDenied)
+    );
+    assert!(n.fw.connections(web.id).is_empty());
+    // Outside traffic to web (not isolated) is tracked, then expires after the UDP timeout.
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(mac(99).0, mac(1).0)
+        .ipv4([192, 0, 2, 9], [10, 0, 0, 1], 64)
+        .udp(53, 1000)
+        .write(&mut f, b"r")
+        .unwrap();
+    assert_eq!(n.recv_uplink(&f), to(&web));
+    assert_eq!(n.fw.connections(web.id).len(), 1);
+    let later = n.now + 61 * 1_000_000_000;
+    n.p.end_batch(PortRef::Vnic(web.id), later);
+    assert!(n.fw.connections(web.id).is_empty());
+    assert!(db.inbox.is_empty());
+}
