@@ -85,6 +85,10 @@ pub enum Error {
     #[error("testpmd: {message}\n--- testpmd log tail ---\n{log}")]
     Testpmd { message: String, log: String },
 
+    /// vdfwd exited, did not start, or did not show what was waited for.
+    #[error("vdfwd: {message}\n--- vdfwd log tail ---\n{log}")]
+    Vdfwd { message: String, log: String },
+
     /// A caller-supplied value cannot be used (bad MAC, command too long, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

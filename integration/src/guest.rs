@@ -322,6 +322,19 @@ pub struct Background {
     pub log: String,
 }
 
+/// A long-lived TCP session opened with [`Guest::open_session`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpSession {
+    pub peer: IpAddr,
+    pub port: u16,
+    /// Guest path of the FIFO feeding nc's stdin.
+    pub fifo: String,
+    /// The nc process (its log is what the peer sent back).
+    pub nc: Background,
+    /// The process holding the FIFO's write end open.
+    pub holder: Background,
+}
+
 /// A running guest. Dropping it stops QEMU; if the thread is panicking (a failed test) the serial
 /// log's tail is printed and the guest's log directory is kept.
 pub struct Guest {
@@ -555,25 +568,153 @@ impl Guest {
     /// milliseconds) from silence (TimedOut after `timeout_s`) from EHOSTUNREACH (Unreachable,
     /// e.g. after ~3 s of unanswered ARP). `timeout_s` must be at least 1.
     pub fn tcp_connect(&self, ip: IpAddr, port: u16, timeout_s: u32) -> Result<ConnectOutcome> {
+        self.tcp_connect_timed(ip, port, timeout_s).map(|(o, _)| o)
+    }
+
+    /// Like [`Guest::tcp_connect`], and how long the attempt took, measured inside the guest
+    /// (`/proc/uptime`, 10 ms resolution), so console round trips on a loaded host do not count:
+    /// "a Reject answers at once" is asserted on this.
+    pub fn tcp_connect_timed(
+        &self,
+        ip: IpAddr,
+        port: u16,
+        timeout_s: u32,
+    ) -> Result<(ConnectOutcome, Duration)> {
         let timeout_s = timeout_s.max(1);
         // busybox nc: -w bounds the connect; `-e true` closes right after the handshake.
-        let cmd = format!("nc -w {timeout_s} {ip} {port} -e true");
+        let cmd = format!(
+            "read t0 x </proc/uptime; nc -w {timeout_s} {ip} {port} -e true; rc=$?; \
+             read t1 x </proc/uptime; echo \"VDFW-TIMING $t0 $t1\"; exit $rc"
+        );
         let out = self.exec(&cmd, Duration::from_secs(u64::from(timeout_s) + 15))?;
+        let timing = out
+            .output
+            .lines()
+            .find_map(|l| l.strip_prefix("VDFW-TIMING "))
+            .and_then(|l| {
+                let mut it = l.split_whitespace().map(|x| x.parse::<f64>().ok());
+                Some((it.next()??, it.next()??))
+            })
+            .ok_or_else(|| Error::UnexpectedOutput {
+                command: cmd.clone(),
+                output: out.output.clone(),
+            })?;
+        let elapsed = Duration::from_secs_f64((timing.1 - timing.0).max(0.0));
         let text = out.output.to_ascii_lowercase();
-        if out.success() {
-            Ok(ConnectOutcome::Connected)
+        let outcome = if out.success() {
+            ConnectOutcome::Connected
         } else if text.contains("refused") {
-            Ok(ConnectOutcome::Refused)
+            ConnectOutcome::Refused
         } else if text.contains("timed out") {
-            Ok(ConnectOutcome::TimedOut)
+            ConnectOutcome::TimedOut
         } else if text.contains("unreachable") || text.contains("no route") {
-            Ok(ConnectOutcome::Unreachable)
+            ConnectOutcome::Unreachable
         } else {
-            Err(Error::UnexpectedOutput {
+            return Err(Error::UnexpectedOutput {
                 command: cmd,
                 output: out.output,
-            })
+            });
+        };
+        Ok((outcome, elapsed))
+    }
+
+    /// Opens a long-lived, bidirectional TCP session to `ip:port`: a background `nc` whose stdin
+    /// is a FIFO kept open by a holder process, so lines can be sent at any later time over the
+    /// *same* connection ([`Guest::session_send`]) and what came back read
+    /// ([`Guest::session_output`]). Waits until the connection is established.
+    pub fn open_session(&self, ip: IpAddr, port: u16) -> Result<TcpSession> {
+        let n = self.spawned.fetch_add(1, Ordering::Relaxed);
+        let fifo = format!("/tmp/session-{n}.in");
+        self.exec_ok(&format!("rm -f {fifo}; mkfifo {fifo}"), HELPER_TIMEOUT)?;
+        // nc opens the FIFO for reading (blocks until the holder opens it for writing); the
+        // holder keeps a writer open so nc never sees EOF between our writes.
+        let nc = self.spawn(&format!("exec nc {ip} {port} <{fifo}"))?;
+        let holder = self.spawn(&format!("exec sleep 2147483647 >{fifo}"))?;
+        let session = TcpSession {
+            peer: ip,
+            port,
+            fifo,
+            nc,
+            holder,
+        };
+        let cmd = format!(
+            "i=0; while ! netstat -tn | grep -q ' {ip}:{port} *ESTABLISHED'; do \
+             i=$((i+1)); [ $i -ge 100 ] && exit 1; sleep 0.1; done"
+        );
+        match self.exec(&cmd, HELPER_TIMEOUT)? {
+            out if out.success() => Ok(session),
+            _ => {
+                let output = self.background_output(&session.nc).unwrap_or_default();
+                let _ = self.close_session(&session);
+                Err(Error::UnexpectedOutput {
+                    command: format!("session to {ip}:{port} (not established in 10 s)"),
+                    output,
+                })
+            }
         }
+    }
+
+    /// Writes `line` (plus a newline) into the session's connection.
+    pub fn session_send(&self, s: &TcpSession, line: &str) -> Result<()> {
+        if line.contains(['\'', '\n']) {
+            return Err(Error::InvalidArgument(
+                "session line must not contain quotes or newlines".into(),
+            ));
+        }
+        // Opening the FIFO for writing blocks while no reader has it open (nc has exited):
+        // `timeout` keeps a dead session from hanging the console.
+        self.exec_ok(
+            &format!(
+                "timeout 5 sh -c 'printf \"%s\\n\" \"$0\" >{}' '{line}'",
+                s.fifo
+            ),
+            HELPER_TIMEOUT,
+        )
+        .map(|_| ())
+    }
+
+    /// Everything the peer sent back over the session so far.
+    pub fn session_output(&self, s: &TcpSession) -> Result<String> {
+        self.background_output(&s.nc)
+    }
+
+    /// Waits up to `timeout` for `needle` in the session's output; Ok(false) if it never came.
+    pub fn session_wait_for(
+        &self,
+        s: &TcpSession,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.session_output(s)?.contains(needle) {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Whether the session's connection is still ESTABLISHED in the guest's TCP stack.
+    pub fn session_established(&self, s: &TcpSession) -> Result<bool> {
+        let out = self.exec(
+            &format!(
+                "netstat -tn | grep -q ' {}:{} *ESTABLISHED'",
+                s.peer, s.port
+            ),
+            HELPER_TIMEOUT,
+        )?;
+        Ok(out.success())
+    }
+
+    /// Kills the session's nc and FIFO holder.
+    pub fn close_session(&self, s: &TcpSession) -> Result<()> {
+        self.kill(&s.nc)?;
+        self.kill(&s.holder)?;
+        self.exec(&format!("rm -f {}", s.fifo), HELPER_TIMEOUT)
+            .map(|_| ())
     }
 
     /// Sends `payload` to `ip:port`, half-closes, and returns everything the server sent back

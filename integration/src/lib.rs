@@ -4,6 +4,8 @@
 //!   its serial console ([`Guest::exec`], [`Guest::spawn`], [`Guest::tcp_connect`], [`Guest::ping`]).
 //! - [`Testpmd`]: DPDK testpmd as an independent vhost-user backend or virtio-user frontend.
 //! - [`NetNs`]: a private network namespace (bridge, TAP, addresses) removed on drop.
+//! - [`Vdfwd`]: the system under test as a managed process (generated config, its policy and
+//!   state directories, `counters.json` / `flows.jsonl` readers, reload, stop and restart).
 //! - [`cargo_bin`]: builds and locates a workspace binary such as `vdfwd`.
 //! - [`require`]: turns missing prerequisites (root, QEMU, testpmd) into a clear failure that names
 //!   `integration/scripts/install-deps.sh`, instead of a silent pass.
@@ -19,15 +21,18 @@ mod paths;
 mod prereq;
 mod process;
 mod testpmd;
+mod vdfwd;
 
 pub use error::{Error, Result};
 pub use guest::{
     Background, CommandOutput, ConnectOutcome, Guest, GuestSpec, MacAddr, NicSpec, SocketRole,
+    TcpSession,
 };
 pub use netns::NetNs;
 pub use paths::{cargo_bin, guest_image, workspace_root, GuestImage};
 pub use prereq::{require, Prereq};
-pub use testpmd::{PortStats, Testpmd, TestpmdSpec, Vdev};
+pub use testpmd::{write_pcap, PortStats, Testpmd, TestpmdSpec, Vdev};
+pub use vdfwd::{Vdfwd, VdfwdConfig, VdfwdSpec, VnicDef, VnicInfo, VnicRole};
 
 /// Re-exported so tests can make scratch directories (vhost-user sockets, logs) without another
 /// dev-dependency.

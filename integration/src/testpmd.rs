@@ -8,6 +8,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::guest::MacAddr;
 use crate::process::{describe, stop_child, tail, unique_name};
 
 /// One testpmd port.
@@ -27,6 +28,17 @@ pub enum Vdev {
         server: bool,
         queues: u16,
         queue_size: u16,
+        /// The port's MAC (DPDK picks a random one otherwise), e.g. the vNIC's own MAC so that
+        /// only the fields a test forges differ.
+        mac: Option<MacAddr>,
+    },
+    /// `net_pcap`: replays the frames of `rx_pcap` (see [`write_pcap`]), forever with
+    /// `infinite`, and writes what it is sent to `tx_pcap`. With io forwarding towards a
+    /// virtio-user port this injects arbitrary hand-made frames into a vhost-user backend.
+    Pcap {
+        rx_pcap: PathBuf,
+        tx_pcap: PathBuf,
+        infinite: bool,
     },
 }
 
@@ -47,6 +59,7 @@ impl Vdev {
             server: false,
             queues: 1,
             queue_size: 256,
+            mac: None,
         }
     }
 
@@ -66,10 +79,22 @@ impl Vdev {
                 server,
                 queues,
                 queue_size,
+                mac,
             } => format!(
-                "net_virtio_user{index},path={},queues={queues},queue_size={queue_size}{}",
+                "net_virtio_user{index},path={},queues={queues},queue_size={queue_size}{}{}",
                 socket.display(),
-                if *server { ",server=1" } else { "" }
+                if *server { ",server=1" } else { "" },
+                mac.map(|m| format!(",mac={m}")).unwrap_or_default(),
+            ),
+            Vdev::Pcap {
+                rx_pcap,
+                tx_pcap,
+                infinite,
+            } => format!(
+                "net_pcap{index},rx_pcap={},tx_pcap={}{}",
+                rx_pcap.display(),
+                tx_pcap.display(),
+                if *infinite { ",infinite_rx=1" } else { "" }
             ),
         }
     }
@@ -90,6 +115,29 @@ impl Vdev {
             _ => None,
         }
     }
+}
+
+/// Writes `frames` as a classic pcap file (microsecond timestamps, Ethernet link type), for
+/// [`Vdev::Pcap`]. Frames of any length are written as given, runts and giants included.
+pub fn write_pcap(path: &Path, frames: &[Vec<u8>]) -> Result<()> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes()); // magic, microseconds
+    out.extend_from_slice(&2u16.to_le_bytes()); // version 2.4
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes()); // GMT offset
+    out.extend_from_slice(&0u32.to_le_bytes()); // timestamp accuracy
+    out.extend_from_slice(&65535u32.to_le_bytes()); // snap length
+    out.extend_from_slice(&1u32.to_le_bytes()); // LINKTYPE_ETHERNET
+    for (i, f) in frames.iter().enumerate() {
+        let len = u32::try_from(f.len())
+            .map_err(|_| Error::InvalidArgument(format!("frame {i} is too long for pcap")))?;
+        out.extend_from_slice(&0u32.to_le_bytes()); // seconds
+        out.extend_from_slice(&(i as u32).to_le_bytes()); // microseconds: keeps the order
+        out.extend_from_slice(&len.to_le_bytes()); // captured length
+        out.extend_from_slice(&len.to_le_bytes()); // original length
+        out.extend_from_slice(f);
+    }
+    fs::write(path, out).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 /// How to run testpmd. Defaults: lcores `0,1` (main on 0, forwarding on 1), `--no-huge -m 512`,
@@ -392,6 +440,12 @@ Port statistics ====================================
                 server: true,
                 queues: 1,
                 queue_size: 1024,
+                mac: Some(MacAddr::local(7)),
+            },
+            Vdev::Pcap {
+                rx_pcap: "/p/in.pcap".into(),
+                tx_pcap: "/p/out.pcap".into(),
+                infinite: true,
             },
         ])
         .forward_mode("macswap");
@@ -401,7 +455,13 @@ Port statistics ====================================
             "{d}"
         );
         assert!(
-            d.contains("--vdev net_virtio_user1,path=/s/b.sock,queues=1,queue_size=1024,server=1"),
+            d.contains(
+                "--vdev net_virtio_user1,path=/s/b.sock,queues=1,queue_size=1024,server=1,mac=52:54:00:00:00:07 "
+            ),
+            "{d}"
+        );
+        assert!(
+            d.contains("--vdev net_pcap2,rx_pcap=/p/in.pcap,tx_pcap=/p/out.pcap,infinite_rx=1 "),
             "{d}"
         );
         assert!(
