@@ -159,8 +159,17 @@ impl PacketMeta {
         }
     }
 
-    /// An ICMP / ICMPv6 message. For echo, `tuple` carries the identifier as both ports.
-    pub fn icmp(tuple: FiveTuple, icmp_type: u8, icmp_code: u8) -> Self {
+    /// An ICMP / ICMPv6 message. For echo, `tuple` carries the identifier as both ports; it
+    /// is oriented here: a request keeps the id as its source port (destination port 0), a
+    /// reply as its destination port. A request and its reply are then the two directions of
+    /// one entry, while a request the other way with the same id (two guests whose `ping`
+    /// got the same pid) is a separate exchange, as Linux keys ICMP on the type too.
+    pub fn icmp(mut tuple: FiveTuple, icmp_type: u8, icmp_code: u8) -> Self {
+        match (tuple.protocol, icmp_type) {
+            (IpProtocol::Icmp, 8) | (IpProtocol::Icmpv6, 128) => tuple.dst_port = 0,
+            (IpProtocol::Icmp, 0) | (IpProtocol::Icmpv6, 129) => tuple.src_port = 0,
+            _ => {}
+        }
         Self {
             icmp_type,
             icmp_code,

@@ -705,8 +705,9 @@ fn sctp_and_other_protocols_track_like_udp() {
     assert_eq!(ct.len(), 2);
 }
 
+/// An echo request's tuple as `PacketMeta::icmp` orients it: the id as the source port.
 fn ping(id: u16) -> FiveTuple {
-    tuple(IpProtocol::Icmp, v4(1), id, v4(2), id)
+    tuple(IpProtocol::Icmp, v4(1), id, v4(2), 0)
 }
 
 #[test]
@@ -731,12 +732,20 @@ fn icmp_echo_pseudo_connection() {
     assert!(ct.process(Z, &req, 2 * SEC, no_policy).passes());
     assert_eq!(ct.lookup(Z, &ping(77), 2 * SEC).unwrap().1.packets, [2, 1]);
 
-    // A reply with no request, and a request travelling the reply direction, are invalid.
+    // A reply with no request is invalid.
     let unexpected = CtVerdict::Dropped(CtDropReason::Invalid(InvalidReason::UnexpectedIcmp));
     let stray = PacketMeta::icmp(ping(5).reversed(), 0, 0);
     assert_eq!(ct.process(Z, &stray, 0, no_policy), unexpected);
-    let backwards = PacketMeta::icmp(ping(77).reversed(), 8, 0);
-    assert_eq!(ct.process(Z, &backwards, 2 * SEC, no_policy), unexpected);
+    // A request the other way with the same id (as a packet carries it: the id in both
+    // ports) is a separate exchange that goes through policy, not a collision.
+    let backwards_tuple = tuple(IpProtocol::Icmp, v4(2), 77, v4(1), 77);
+    let backwards = PacketMeta::icmp(backwards_tuple, 8, 0);
+    assert!(matches!(
+        ct.process(Z, &backwards, 2 * SEC, allow(9)),
+        CtVerdict::New { mark: 9, .. }
+    ));
+    let backwards_reply = PacketMeta::icmp(backwards_tuple.reversed(), 0, 0);
+    assert!(ct.process(Z, &backwards_reply, 2 * SEC, no_policy).passes());
     // Different ids are different sessions.
     let req2 = PacketMeta::icmp(ping(78), 8, 0);
     assert!(matches!(

@@ -170,7 +170,7 @@ mod tests {
         let Class::Ip { meta, query } = classify(&parse(&f), false) else {
             panic!()
         };
-        assert_eq!((meta.tuple.src_port, meta.tuple.dst_port), (0x77, 0x77));
+        assert_eq!((meta.tuple.src_port, meta.tuple.dst_port), (0x77, 0));
         assert_eq!((query.icmp_type, meta.icmp_type), (8, 8));
         assert!(meta.icmp_inner.is_none());
 
