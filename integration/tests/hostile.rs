@@ -171,9 +171,18 @@ fn garbage() -> Vec<Vec<u8>> {
 }
 
 /// a and b keep working while `evil` floods: ping both ways and a TCP echo.
-fn still_working(a: &Guest, b: &Guest, tag: &str) {
+fn still_working(vd: &Vdfwd, a: &Guest, b: &Guest, tag: &str) {
     let (ab, ba) = (a.ping(ip(B), 5).unwrap(), b.ping(ip(A), 5).unwrap());
     eprintln!("    {tag}: ping a->b {ab}/5, b->a {ba}/5");
+    if ab < 3 || ba < 3 {
+        eprintln!(
+            "    a: {:?}\n    b: {:?}\n    a neigh: {}\n    b neigh: {}",
+            vd.port_status("a").unwrap(),
+            vd.port_status("b").unwrap(),
+            a.exec("ip neigh", Duration::from_secs(10)).unwrap().output,
+            b.exec("ip neigh", Duration::from_secs(10)).unwrap().output
+        );
+    }
     assert!(
         ab >= 3 && ba >= 3,
         "{tag}: ping between the good guests degraded: {ab}/5, {ba}/5"
@@ -199,7 +208,7 @@ fn flood_and_garbage_from_a_hostile_frontend_do_not_disturb_the_others() {
     let (a, b) = (&g[0], &g[1]);
     b.spawn_tcp_echo(8080).unwrap();
     clock.step("two good guests up");
-    still_working(a, b, "baseline");
+    still_working(&vd, a, b, "baseline");
     let evil_sock = vd.vnic("evil").unwrap().socket.clone();
     let frontend = |mac: Option<MacAddr>| Vdev::VirtioUser {
         socket: evil_sock.clone(),
@@ -210,12 +219,13 @@ fn flood_and_garbage_from_a_hostile_frontend_do_not_disturb_the_others() {
     };
 
     // --- Phase 1: txonly flood, multi-segment frames of odd sizes, to b from evil's own
-    // identity (denied by policy), many flows.
+    // identity: every frame passes the spoof guard and costs a policy decision (denied).
+    // (No --txonly-multi-flow: it varies the source address, which the spoof guard stops
+    // before policy; phase 2 covers forged sources.)
     let mut spec =
         TestpmdSpec::new(vec![frontend(Some(MacAddr::local(0x66)))]).forward_mode("txonly");
     spec.extra_app = [
         "--txpkts=61,3,17",
-        "--txonly-multi-flow",
         "--tx-ip=10.0.0.66,10.0.0.2",
         "--eth-peer=0,52:54:00:00:00:02",
     ]
@@ -229,7 +239,7 @@ fn flood_and_garbage_from_a_hostile_frontend_do_not_disturb_the_others() {
     })
     .unwrap();
     clock.step("txonly flood running");
-    still_working(a, b, "during-txonly-flood");
+    still_working(&vd, a, b, "during-txonly-flood");
     let stats = tp.port_stats();
     drop(tp.stop());
     assert!(vd.is_running(), "vdfwd died under the txonly flood");
@@ -282,14 +292,14 @@ fn flood_and_garbage_from_a_hostile_frontend_do_not_disturb_the_others() {
         panic!("drop reasons that never counted: {missing:?}\n{e}");
     }
     clock.step("garbage replay running, every guard counted");
-    still_working(a, b, "during-garbage");
+    still_working(&vd, a, b, "during-garbage");
     assert!(vd.is_running(), "vdfwd died under the garbage replay");
     let stats = tp.port_stats();
     drop(tp.stop());
     eprintln!("    testpmd: {stats:?}");
 
     // evil went away; vdfwd and the good guests carry on, and the flow log stayed bounded.
-    still_working(a, b, "after");
+    still_working(&vd, a, b, "after");
     assert!(vd.is_running());
     let flows = std::fs::metadata(vd.state_dir().join("flows.jsonl"))
         .map(|m| m.len())

@@ -22,14 +22,16 @@ const DB: &str = "10.0.1.6";
 const GW: &str = "10.0.2.10";
 const VNICS: [&str; 3] = ["api-gateway", "payments-api", "payments-db"];
 
-/// Finds the flow record of `src -> dst:port` with `verdict`, printing it.
-fn flow(vd: &Vdfwd, src: &str, dst: &str, port: u16, verdict: &str) -> Value {
+/// Finds the flow record of `src -> dst:port` with `verdict` decided in `direction`, printing
+/// it. Each new connection is decided (and logged) twice between local vNICs: by the sender's
+/// egress policy on its vNIC, then by the receiver's ingress policy on the receiver's vNIC.
+fn flow(vd: &Vdfwd, src: &str, dst: &str, port: u16, verdict: &str, direction: &str) -> Value {
     let (s, d) = (ip(src), ip(dst));
     let r = vd
         .wait_flow(
-            &format!("{src} -> {dst}:{port} {verdict}"),
+            &format!("{src} -> {dst}:{port} {verdict} ({direction})"),
             Duration::from_secs(5),
-            |r| is_flow(r, s, d, port, verdict),
+            |r| is_flow_in(r, s, d, port, verdict, direction),
         )
         .unwrap();
     eprintln!("    flow log: {}", show_flow(&r));
@@ -68,7 +70,7 @@ fn payments_antrea_allow_deny_reject_and_flow_log() {
         "charge-order-42",
         "allow-gateway: api-gateway in namespace edge may reach payments-api:8080",
     );
-    let r = flow(&vd, GW, API, 8080, "forwarded");
+    let r = flow(&vd, GW, API, 8080, "forwarded", "ingress");
     assert_eq!(str_at(&r, "rule_name"), "allow-gateway", "{r}");
 
     expect_connect(
@@ -79,7 +81,7 @@ fn payments_antrea_allow_deny_reject_and_flow_log() {
         ConnectOutcome::TimedOut,
         "payments-api's drop-other-ingress: only the gateway may call it",
     );
-    let r = flow(&vd, DB, API, 8080, "dropped");
+    let r = flow(&vd, DB, API, 8080, "dropped", "ingress");
     assert!(str_at(&r, "policy").contains("payments-api"), "{r}");
     assert_eq!(str_at(&r, "rule_name"), "drop-other-ingress", "{r}");
     assert_eq!(str_at(&r, "log_label"), "payments-api-ingress-deny", "{r}");
@@ -91,7 +93,10 @@ fn payments_antrea_allow_deny_reject_and_flow_log() {
         "SELECT 1",
         "allow-db (egress of payments-api) and allow-api (ingress of payments-db)",
     );
-    flow(&vd, API, DB, 5432, "forwarded");
+    let r = flow(&vd, API, DB, 5432, "forwarded", "egress");
+    assert_eq!(str_at(&r, "rule_name"), "allow-db", "{r}");
+    let r = flow(&vd, API, DB, 5432, "forwarded", "ingress");
+    assert_eq!(str_at(&r, "rule_name"), "allow-api", "{r}");
 
     expect_connect(
         api,
@@ -101,7 +106,7 @@ fn payments_antrea_allow_deny_reject_and_flow_log() {
         ConnectOutcome::TimedOut,
         "payments-api's egress allows only payments-db:5432 (drop-other-egress)",
     );
-    let r = flow(&vd, API, DB, 22, "dropped");
+    let r = flow(&vd, API, DB, 22, "dropped", "egress");
     assert_eq!(str_at(&r, "rule_name"), "drop-other-egress", "{r}");
     clock.step("isolation matrix checked");
 
@@ -118,7 +123,8 @@ fn payments_antrea_allow_deny_reject_and_flow_log() {
         took < Duration::from_secs(1),
         "a Reject must answer at once (TCP RST), took {took:?}"
     );
-    let r = flow(&vd, GW, DB, 22, "rejected");
+    eprintln!("    Reject: Refused after {took:?} (measured in the guest)");
+    let r = flow(&vd, GW, DB, 22, "rejected", "ingress");
     assert!(str_at(&r, "policy").contains("payments-ssh-guard"), "{r}");
     assert_eq!(str_at(&r, "rule_name"), "reject-other-ssh", "{r}");
     assert_eq!(str_at(&r, "log_label"), "ssh-blocked", "{r}");
@@ -135,7 +141,8 @@ fn payments_antrea_allow_deny_reject_and_flow_log() {
         took >= Duration::from_secs(2),
         "a Drop must leave the client waiting for its whole timeout, gave up after {took:?}"
     );
-    let r = flow(&vd, GW, DB, 5432, "dropped");
+    eprintln!("    Drop: TimedOut after {took:?}");
+    let r = flow(&vd, GW, DB, 5432, "dropped", "ingress");
     assert_eq!(str_at(&r, "rule_name"), "drop-other-ingress", "{r}");
     assert!(str_at(&r, "policy").contains("payments-db"), "{r}");
 

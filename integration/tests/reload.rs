@@ -80,6 +80,10 @@ fn reload_keeps_allowed_sessions_and_cuts_the_others() {
         .unwrap();
     let status = vd.reload().unwrap();
     eprintln!("    reload: {status}");
+    // vdfwd's own account of the re-check: the 9090 connection cut, the 8080 one kept (each
+    // is tracked in both vNICs' zones).
+    let conns = |k: &str| field(&status, &format!("last_change/connections/{k}")).and_then(|v| v.as_u64());
+    assert!(conns("cut") >= Some(1) && conns("kept") >= Some(1), "re-check report: {status}");
     clock.step("policy reloaded (8080 only)");
 
     client.session_send(&keep, "after-8080").unwrap();
@@ -101,6 +105,10 @@ fn reload_keeps_allowed_sessions_and_cuts_the_others() {
     assert!(
         !client.session_wait_for(&cut, "after-9090", ECHO).unwrap(),
         "the no-longer-allowed 9090 session still exchanges data after the reload"
+    );
+    eprintln!(
+        "    cut session still ESTABLISHED in the client's stack (no RST on a cut): {}",
+        client.session_established(&cut).unwrap()
     );
     expect_connect(
         client,

@@ -1,7 +1,8 @@
 //! Issue 3, scenario 5: vdfwd restarts (SIGTERM, then SIGKILL) while the guests keep running.
 //! The guests re-attach — the client's QEMU connects with `reconnect=1` (vdfwd listens), the
 //! server's QEMU listens (`server=on`) and vdfwd connects — and traffic resumes under the same
-//! policy: the allowed port works again, the denied one stays denied.
+//! policy: the allowed port works again, the denied one stays denied, and an allowed TCP
+//! session that was open across the restarts carries on (picked up mid-stream, through policy).
 //!
 //! Needs root and QEMU: without them this test FAILS naming `install-deps.sh`.
 
@@ -89,6 +90,13 @@ fn guests_reattach_and_policy_holds_after_vdfwd_restarts() {
     server.spawn_tcp_echo(8080).unwrap();
     server.spawn_tcp_echo(9090).unwrap();
     check_policy(client, "before-restart");
+    // A session open across the restarts: vdfwd's connection table is gone after a restart,
+    // so the session's next segment is mid-stream; conntrack picks it up through policy.
+    let session = client.open_session(ip(SERVER), 8080).unwrap();
+    client.session_send(&session, "session-before").unwrap();
+    assert!(client
+        .session_wait_for(&session, "session-before", Duration::from_secs(5))
+        .unwrap());
 
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGKILL, "SIGKILL")] {
         let old_pid = vd.pid();
@@ -120,6 +128,15 @@ fn guests_reattach_and_policy_holds_after_vdfwd_restarts() {
             "both guests re-attached, traffic resumed {resumed:?} after"
         ));
         check_policy(client, &format!("policy-after-{name}"));
+        let line = format!("session-after-{name}");
+        client.session_send(&session, &line).unwrap();
+        assert!(
+            client
+                .session_wait_for(&session, &line, Duration::from_secs(10))
+                .unwrap(),
+            "the allowed TCP session open across the {name} restart did not resume; got:\n{}",
+            client.session_output(&session).unwrap()
+        );
         assert!(vd.is_running());
     }
     let sessions = vd.port_status("client").unwrap();

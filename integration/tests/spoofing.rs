@@ -105,6 +105,19 @@ fn forged_ip_or_mac_gets_nothing_through_real_identity_still_works() {
         vd.drops("client", "spoofed_source_ip").unwrap_or(0) >= spoofed_ip_before + 2
     })
     .unwrap();
+    let r = vd
+        .wait_flow("a spoof-guard drop from the forged address", T, |r| {
+            is_flow(r, ip(TRUSTED), ip(SERVER), 9090, "dropped")
+        })
+        .unwrap();
+    eprintln!("    flow log: {}", show_flow(&r));
+    assert_eq!(field(&r, "vnic").and_then(|v| v.as_str()), Some("client"), "{r}");
+    assert_eq!(field(&r, "decided_by").and_then(|v| v.as_str()), Some("spoof_guard"), "{r}");
+    assert_eq!(
+        field(&r, "drop_reason").and_then(|v| v.as_str()),
+        Some("spoofed_source_ip"),
+        "{r}"
+    );
     let half_open = server
         .exec(&format!("netstat -tn | grep '{TRUSTED}:'"), T)
         .unwrap();

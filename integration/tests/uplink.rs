@@ -139,6 +139,12 @@ fn guest_reaches_the_uplink_host_only_where_policy_allows() {
         !ok && out.to_lowercase().contains("timed out"),
         "host -> guest:8081 must time out (not in the ingress rule): {out:?}"
     );
+    let r = vd
+        .wait_flow("host -> web:8081 dropped", Duration::from_secs(5), |r| {
+            is_flow_in(r, ip(HOST), ip(GUEST), 8081, "dropped", "ingress")
+        })
+        .unwrap();
+    eprintln!("    flow log: {}", show_flow(&r));
     let up = vd.port_status("uplink:vdfwup0").unwrap();
     eprintln!("    uplink port: {up}");
     clock.step("uplink allow / deny both ways checked");

@@ -132,6 +132,20 @@ pub fn is_flow(r: &Value, src: IpAddr, dst: IpAddr, port: u16, verdict: &str) ->
         && s("verdict") == Some(verdict)
 }
 
+/// [`is_flow`], and decided in `direction` (`ingress`: by the receiving vNIC's policy, logged
+/// on that vNIC; `egress`: by the sender's).
+pub fn is_flow_in(
+    r: &Value,
+    src: IpAddr,
+    dst: IpAddr,
+    port: u16,
+    verdict: &str,
+    direction: &str,
+) -> bool {
+    is_flow(r, src, dst, port, verdict)
+        && field(r, "direction").and_then(Value::as_str) == Some(direction)
+}
+
 /// A compact one-line rendering of a flow record for test output.
 pub fn show_flow(r: &Value) -> String {
     let s = |p: &str| {
@@ -144,8 +158,9 @@ pub fn show_flow(r: &Value) -> String {
             .unwrap_or_else(|| "-".into())
     };
     format!(
-        "{} {}:{} -> {}:{} {} by {} policy={} rule={} label={}",
+        "{} {} {}:{} -> {}:{} {} by {} policy={} rule={} label={}",
         s("vnic"),
+        s("direction"),
         s("src/ip"),
         s("src/port"),
         s("dst/ip"),
