@@ -28,17 +28,26 @@ fn ip(s: &str) -> Result<IpAddr> {
     s.parse().with_context(|| format!("bad address {s}"))
 }
 
-/// Waits for the flow record of `src -> dst:port` with `verdict` and prints it.
-fn explain(vd: &Vdfwd, src: &str, dst: &str, port: u16, verdict: &str) -> Result<()> {
+/// Waits for the flow record of `src -> dst:port` with `verdict`, decided in `direction`
+/// (`egress` by the sender's vNIC policy, `ingress` by the receiver's), and prints it.
+fn explain(
+    vd: &Vdfwd,
+    src: &str,
+    dst: &str,
+    port: u16,
+    verdict: &str,
+    direction: &str,
+) -> Result<()> {
     let record = vd
         .wait_flow(
-            &format!("{src} -> {dst}:{port} {verdict}"),
+            &format!("{src} -> {dst}:{port} {verdict} ({direction})"),
             Duration::from_secs(5),
             |r: &Value| {
                 field(r, "src/ip").and_then(Value::as_str) == Some(src)
                     && field(r, "dst/ip").and_then(Value::as_str) == Some(dst)
                     && field(r, "dst/port").and_then(Value::as_u64) == Some(u64::from(port))
                     && field(r, "verdict").and_then(Value::as_str) == Some(verdict)
+                    && field(r, "direction").and_then(Value::as_str) == Some(direction)
             },
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -80,7 +89,8 @@ fn main() -> Result<()> {
     if !reply.contains("charge-order-42") {
         bail!("the allowed connection did not carry the payload");
     }
-    explain(&vd, GW, API, 8080, "forwarded")?;
+    explain(&vd, GW, API, 8080, "forwarded", "egress")?;
+    explain(&vd, GW, API, 8080, "forwarded", "ingress")?;
 
     say("DENIED: payments-db -> payments-api:8080 (only the gateway may call the API)");
     let outcome = db
@@ -90,7 +100,7 @@ fn main() -> Result<()> {
     if outcome != ConnectOutcome::TimedOut {
         bail!("expected the dropped connection to time out, got {outcome:?}");
     }
-    explain(&vd, DB, API, 8080, "dropped")?;
+    explain(&vd, DB, API, 8080, "dropped", "ingress")?;
 
     say("REJECTED: api-gateway -> payments-db:22 (securityops ClusterNetworkPolicy payments-ssh-guard)");
     let t = Instant::now();
@@ -104,13 +114,17 @@ fn main() -> Result<()> {
     if outcome != ConnectOutcome::Refused {
         bail!("expected the rejected connection to be refused, got {outcome:?}");
     }
-    explain(&vd, GW, DB, 22, "rejected")?;
+    explain(&vd, GW, DB, 22, "rejected", "ingress")?;
 
-    say("Drop counters of api-gateway's vNIC, by reason");
+    say("Drop counters by reason, per sending vNIC (counters.json, refreshed every second)");
+    std::thread::sleep(Duration::from_millis(1500));
+    for vnic in ["api-gateway", "payments-api", "payments-db"] {
+        let drops = vd.all_drops(vnic).map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("    {vnic}: {drops:?}");
+    }
     println!(
-        "    {:?}",
-        vd.all_drops("api-gateway")
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+        "    the flow log held {} records (one per new-connection decision and per drop)",
+        vd.flows().len()
     );
 
     say(&format!(

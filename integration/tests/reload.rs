@@ -82,8 +82,12 @@ fn reload_keeps_allowed_sessions_and_cuts_the_others() {
     eprintln!("    reload: {status}");
     // vdfwd's own account of the re-check: the 9090 connection cut, the 8080 one kept (each
     // is tracked in both vNICs' zones).
-    let conns = |k: &str| field(&status, &format!("last_change/connections/{k}")).and_then(|v| v.as_u64());
-    assert!(conns("cut") >= Some(1) && conns("kept") >= Some(1), "re-check report: {status}");
+    let conns =
+        |k: &str| field(&status, &format!("last_change/connections/{k}")).and_then(|v| v.as_u64());
+    assert!(
+        conns("cut") >= Some(1) && conns("kept") >= Some(1),
+        "re-check report: {status}"
+    );
     clock.step("policy reloaded (8080 only)");
 
     client.session_send(&keep, "after-8080").unwrap();

@@ -111,8 +111,16 @@ fn forged_ip_or_mac_gets_nothing_through_real_identity_still_works() {
         })
         .unwrap();
     eprintln!("    flow log: {}", show_flow(&r));
-    assert_eq!(field(&r, "vnic").and_then(|v| v.as_str()), Some("client"), "{r}");
-    assert_eq!(field(&r, "decided_by").and_then(|v| v.as_str()), Some("spoof_guard"), "{r}");
+    assert_eq!(
+        field(&r, "vnic").and_then(|v| v.as_str()),
+        Some("client"),
+        "{r}"
+    );
+    assert_eq!(
+        field(&r, "decided_by").and_then(|v| v.as_str()),
+        Some("spoof_guard"),
+        "{r}"
+    );
     assert_eq!(
         field(&r, "drop_reason").and_then(|v| v.as_str()),
         Some("spoofed_source_ip"),
