@@ -9,11 +9,11 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::realize::{
-    CPeer, CPeers, CPort, DirTable, FastMap, IdentityTables, NamedPortC, NsBits, RuleInput,
-    SelectorId, SEC_ALLOW, SEC_BASELINE, SEC_DENY, SEC_TIER,
+    self as realize, CPeer, CPeers, CPort, DirTable, FastMap, IdentityTables, NamedPortC, NsBits,
+    PortCheck, RuleInput, SelectorId, SEC_ALLOW, SEC_BASELINE, SEC_DENY, SEC_TIER,
 };
 use super::snapshot::{EndpointEntry, EndpointHandle, IdentityInfo, PolicySnapshot};
-use super::token::{self, kind, portkey, selector_tokens, Interners};
+use super::token::{self, kind, selector_tokens, Interners};
 use super::validate::{self, policy_group_refs, ResolvedLayer, View};
 use super::verdict::{PolicyLayer, PolicyRef, RuleRef};
 use super::{EngineError, ObjectKey};
@@ -113,7 +113,7 @@ struct CRule {
     meta: Arc<RuleRef>,
     section: usize,
     ports: Arc<[CPort]>,
-    port_keys: Box<[(u32, bool)]>,
+    port_keys: Box<[(u32, PortCheck)]>,
     applied: Option<Vec<SelectorId>>,
     peers: CPeers,
 }
@@ -1175,16 +1175,7 @@ impl Engine {
                 .iter()
                 .map(|p| CPort::compile(p, &mut self.interners))
                 .collect();
-            let mut port_keys = Vec::new();
-            if ports.is_empty() {
-                port_keys.push((portkey::ANY, true));
-            }
-            for p in &ports {
-                p.keys(&mut port_keys);
-            }
-            // One entry per key; proven if any port entry filed there proves it.
-            port_keys.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            port_keys.dedup_by_key(|k| k.0);
+            let port_keys = realize::port_keys(&ports);
             let rule_applied = r
                 .applied_to
                 .as_ref()

@@ -3,12 +3,14 @@
 //!
 //! A [`DirTable`] never scans its rules. A rule is filed under
 //! `(peer token, protocol/port key)` — see [`super::token`] — and CIDR peers in a
-//! [`PrefixMap`]. Classifying a flow probes the few tokens the peer carries (its label pairs,
-//! namespace, namespace labels, entity tokens) with at most three port keys each, walks the
-//! (short) candidate lists, confirms each candidate's peer through the selector cache and its
-//! ports through a residual check, and keeps the first position per precedence section.
-//! Cost grows with the number of *candidates for this peer and port*, not with the number of
-//! rules.
+//! [`PrefixMap`]. Classifying a flow probes each of the few tokens the peer carries (its label
+//! pairs, namespace, namespace labels, entity tokens) once in a compact token index, takes the
+//! buckets of at most three port keys under it, walks those (short) candidate lists, confirms
+//! each candidate's peer through the selector cache and its ports through a check kept inline
+//! in the candidate, and keeps the first position per precedence section. Cost grows with the
+//! number of *candidates for this peer and port*, not with the number of rules; the layout
+//! (see `TokenIndex`) is about cache misses, which is what a cold table of a large policy
+//! set costs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -216,6 +218,54 @@ impl CPort {
     }
 }
 
+/// How a candidate found in a `(token, port key)` bucket confirms its ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortCheck {
+    /// Being in the bucket proves the match (see [`CPort::keys`]).
+    Proven,
+    /// Exactly one of the rule's port entries is filed under this key: checking it alone is
+    /// enough (any port entry that matches a flow is filed under a key the flow probes, so
+    /// a match through another entry is found in that entry's own bucket). Kept inline so a
+    /// candidate is confirmed without loading the rule.
+    One(CPort),
+    /// Several entries share the key (or the candidate came from the prefix index): check
+    /// the rule's whole port list.
+    All,
+}
+
+/// The port keys a rule's port list is filed under, one per key, each with how a candidate
+/// found there confirms its ports.
+pub(crate) fn port_keys(ports: &[CPort]) -> Vec<(u32, PortCheck)> {
+    if ports.is_empty() {
+        return vec![(portkey::ANY, PortCheck::Proven)];
+    }
+    let mut keys: Vec<(u32, PortCheck)> = Vec::new();
+    let mut scratch = Vec::new();
+    for p in ports {
+        scratch.clear();
+        p.keys(&mut scratch);
+        for (k, proven) in &scratch {
+            let check = if *proven {
+                PortCheck::Proven
+            } else {
+                PortCheck::One(*p)
+            };
+            match keys.iter_mut().find(|(key, _)| key == k) {
+                None => keys.push((*k, check)),
+                Some((_, existing)) => {
+                    *existing = match (*existing, check) {
+                        (PortCheck::Proven, _) | (_, PortCheck::Proven) => PortCheck::Proven,
+                        (PortCheck::One(a), PortCheck::One(b)) if a == b => PortCheck::One(a),
+                        _ => PortCheck::All,
+                    }
+                }
+            }
+        }
+    }
+    keys.sort_unstable_by_key(|(k, _)| *k);
+    keys
+}
+
 /// Whether a rule's port list matches (empty = everything).
 #[inline]
 pub(crate) fn ports_match(ports: &[CPort], f: &FlowFacts, named: Option<&[NamedPortC]>) -> bool {
@@ -267,8 +317,7 @@ pub(crate) enum PeerCheck {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub pos: u32,
-    /// The bucket this entry sits in proves the port match (see [`CPort::keys`]).
-    pub proven: bool,
+    pub port: PortCheck,
     pub check: PeerCheck,
 }
 
@@ -308,11 +357,8 @@ pub(crate) struct DirTable {
     /// End positions of the tier, deny, allow and baseline sections.
     pub ends: [u32; 4],
     ns: u32,
-    /// `(peer token | port key << 32)` → range of `entries`.
-    index: FastMap<u64, (u32, u32)>,
-    entries: Box<[Entry]>,
-    /// Keys of `index`: most absent keys are rejected without touching the hash table.
-    bloom: Bloom,
+    /// Peer token → its port buckets (see [`TokenIndex`]).
+    index: TokenIndex,
     cidrs: PrefixMap<Box<[Entry]>>,
     excepts: Box<[Box<[IpNet]>]>,
     /// First (by key) Kubernetes-layer policy isolating the identity in this direction.
@@ -326,7 +372,7 @@ pub(crate) struct RuleInput<'a> {
     pub section: usize,
     pub meta: &'a Arc<RuleRef>,
     pub ports: &'a Arc<[CPort]>,
-    pub port_keys: &'a [(u32, bool)],
+    pub port_keys: &'a [(u32, PortCheck)],
     pub peers: &'a CPeers,
 }
 
@@ -345,14 +391,11 @@ impl DirTable {
         let mut excepts: Vec<Box<[IpNet]>> = Vec::new();
         let mut ends = [0u32; 4];
         let mut table_rules = Vec::with_capacity(rules.len());
-        let mut add = |tok: u64, keys: &[(u32, bool)], e: Entry| {
+        let mut add = |tok: u64, keys: &[(u32, PortCheck)], e: Entry| {
             let buckets = tokens.entry(tok).or_default();
-            for (k, proven) in keys {
+            for (k, port) in keys {
                 let list = buckets.entry(*k).or_default();
-                let e = Entry {
-                    proven: *proven,
-                    ..e
-                };
+                let e = Entry { port: *port, ..e };
                 if list.last() != Some(&e) {
                     list.push(e);
                 }
@@ -376,7 +419,7 @@ impl DirTable {
                     r.port_keys,
                     Entry {
                         pos,
-                        proven: false,
+                        port: PortCheck::All,
                         check: PeerCheck::None,
                     },
                 ),
@@ -397,7 +440,7 @@ impl DirTable {
                                 };
                                 let e = Entry {
                                     pos,
-                                    proven: false,
+                                    port: PortCheck::All,
                                     check,
                                 };
                                 if *same_ns && toks.as_ref() == [ANY_ENDPOINT] {
@@ -416,7 +459,7 @@ impl DirTable {
                                     block.cidr,
                                     Box::new([Entry {
                                         pos,
-                                        proven: false,
+                                        port: PortCheck::All,
                                         check: PeerCheck::Block {
                                             excepts: idx,
                                             world_only: *world_only,
@@ -429,7 +472,7 @@ impl DirTable {
                                 r.port_keys,
                                 Entry {
                                     pos,
-                                    proven: false,
+                                    port: PortCheck::All,
                                     check: PeerCheck::None,
                                 },
                             ),
@@ -438,17 +481,7 @@ impl DirTable {
                 }
             }
         }
-        let mut index = FastMap::default();
-        let mut entries = Vec::new();
-        let mut bloom = Bloom::with_capacity(tokens.values().map(|b| b.len()).sum());
-        for (t, buckets) in tokens {
-            for (k, list) in buckets {
-                let key = index_key(t, k);
-                index.insert(key, (entries.len() as u32, list.len() as u32));
-                bloom.insert(key);
-                entries.extend(list);
-            }
-        }
+        let index = TokenIndex::build(tokens);
         let cidrs = PrefixMap::build(cidrs, |a, b| {
             let mut v = std::mem::take(a).into_vec();
             v.extend(b.iter().copied());
@@ -460,8 +493,6 @@ impl DirTable {
             ends,
             ns,
             index,
-            entries: entries.into_boxed_slice(),
-            bloom,
             cidrs,
             excepts: excepts.into_boxed_slice(),
             isolated_by,
@@ -523,20 +554,23 @@ impl DirTable {
                                 .any(|n| n.contains(&peer.ip))
                     }
                 };
-                if peer_ok && (e.proven || ports_match(&self.rules[e.pos as usize].ports, f, named))
-                {
+                let port_ok = match &e.port {
+                    PortCheck::Proven => true,
+                    PortCheck::One(p) => p.matches(f, named),
+                    PortCheck::All => ports_match(&self.rules[e.pos as usize].ports, f, named),
+                };
+                if peer_ok && port_ok {
                     best[sec] = e.pos;
                 }
             }
         };
         for t in peer.tokens {
-            for pk in probes {
-                let key = index_key(*t, *pk);
-                if !self.bloom.may_contain(key) {
-                    continue;
-                }
-                if let Some((start, len)) = self.index.get(&key) {
-                    consider(&self.entries[*start as usize..(*start + *len) as usize]);
+            let Some(buckets) = self.index.buckets(*t) else {
+                continue;
+            };
+            for b in buckets {
+                if probes.contains(&b.key) {
+                    consider(&self.index.entries[b.start as usize..b.end as usize]);
                 }
             }
         }
@@ -547,10 +581,112 @@ impl DirTable {
     }
 }
 
-/// Index key: a peer token with a port key folded into its free bits.
-#[inline]
-fn index_key(token: u64, port_key: u32) -> u64 {
-    token | ((port_key as u64) << 32)
+/// The entries of one `(peer token, port key)`: `entries[start..end]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bucket {
+    key: u32,
+    start: u32,
+    end: u32,
+}
+
+/// One token's slot in the open-addressing table: its buckets are `buckets[start..end]`.
+/// Token 0 (kind 0, which no token has) marks an empty slot.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(align(16))]
+struct TokenSlot {
+    token: u64,
+    start: u32,
+    end: u32,
+}
+
+/// A table's peer index, keyed by peer token alone, laid out for few cache misses.
+///
+/// A lookup probes each of the peer's tokens once (not once per port key): a Bloom word
+/// rejects most absent tokens; a present token is found in a linear-probing table of 16-byte
+/// slots at most half full (usually one cache line), whose slot holds the range of the
+/// token's port buckets; the buckets (sorted by port key) and then the entries of the port
+/// keys the flow asks for are contiguous arrays, each token's laid out together. Filing by
+/// token then port, rather than by the pair, keeps the filter and the table small (a table
+/// has far fewer distinct tokens than (token, port) pairs) and turns the three port probes
+/// of a token into one scan of a few adjacent buckets.
+#[derive(Debug, Clone, Default)]
+struct TokenIndex {
+    slots: Box<[TokenSlot]>,
+    /// `slots.len() - 1` (a power of two minus one); unused when `slots` is empty.
+    mask: usize,
+    buckets: Box<[Bucket]>,
+    entries: Box<[Entry]>,
+    bloom: Bloom,
+}
+
+impl TokenIndex {
+    fn build(tokens: FastMap<u64, BTreeMap<u32, Vec<Entry>>>) -> Self {
+        if tokens.is_empty() {
+            return Self::default();
+        }
+        // Deterministic layout (the map's order is random): by token.
+        let mut tokens: Vec<(u64, BTreeMap<u32, Vec<Entry>>)> = tokens.into_iter().collect();
+        tokens.sort_unstable_by_key(|(t, _)| *t);
+        let cap = (tokens.len() * 2).next_power_of_two();
+        let mut slots = vec![TokenSlot::default(); cap].into_boxed_slice();
+        let mut buckets = Vec::new();
+        let mut entries = Vec::new();
+        let mut bloom = Bloom::with_capacity(tokens.len());
+        for (t, by_port) in tokens {
+            debug_assert_ne!(t, 0, "token 0 marks empty slots");
+            let start = buckets.len() as u32;
+            for (key, list) in by_port {
+                let first = entries.len() as u32;
+                entries.extend(list);
+                buckets.push(Bucket {
+                    key,
+                    start: first,
+                    end: entries.len() as u32,
+                });
+            }
+            let mut i = Self::home(t, cap - 1);
+            while slots[i].token != 0 {
+                i = (i + 1) & (cap - 1);
+            }
+            slots[i] = TokenSlot {
+                token: t,
+                start,
+                end: buckets.len() as u32,
+            };
+            bloom.insert(t);
+        }
+        Self {
+            slots,
+            mask: cap - 1,
+            buckets: buckets.into_boxed_slice(),
+            entries: entries.into_boxed_slice(),
+            bloom,
+        }
+    }
+
+    #[inline]
+    fn home(token: u64, mask: usize) -> usize {
+        (token.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & mask
+    }
+
+    /// The port buckets filed under `token`.
+    #[inline]
+    fn buckets(&self, token: u64) -> Option<&[Bucket]> {
+        if self.slots.is_empty() || !self.bloom.may_contain(token) {
+            return None;
+        }
+        let mut i = Self::home(token, self.mask);
+        loop {
+            let s = &self.slots[i];
+            if s.token == token {
+                return Some(&self.buckets[s.start as usize..s.end as usize]);
+            }
+            if s.token == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
 }
 
 #[inline]
@@ -596,6 +732,38 @@ mod tests {
             icmp_type: 8,
             icmp_code: 0,
         }
+    }
+
+    #[test]
+    fn port_keys_keep_one_inline_check_per_key() {
+        let mut i = Interners::default();
+        let c = |pm: PortMatch, i: &mut Interners| CPort::compile(&pm, i);
+        let pm = |protocol, port: Option<PortSpec>| PortMatch {
+            protocol,
+            port,
+            source_ports: None,
+        };
+        let wide = |a, b| Some(PortSpec::Range(PortRange { start: a, end: b }));
+        let tcp80 = c(pm(ProtocolMatch::Tcp, wide(80, 80)), &mut i);
+        let wide1 = c(pm(ProtocolMatch::Tcp, wide(1000, 2000)), &mut i);
+        let wide2 = c(pm(ProtocolMatch::Tcp, wide(3000, 4000)), &mut i);
+        let any_tcp = c(pm(ProtocolMatch::Tcp, None), &mut i);
+        let wild = portkey::key(6, portkey::WILD);
+        assert_eq!(port_keys(&[]), vec![(portkey::ANY, PortCheck::Proven)]);
+        assert_eq!(
+            port_keys(&[wide1, tcp80]),
+            vec![
+                (portkey::key(6, 80), PortCheck::Proven),
+                (wild, PortCheck::One(wide1))
+            ]
+        );
+        // Two entries under one key: the whole list is checked.
+        assert_eq!(port_keys(&[wide1, wide2]), vec![(wild, PortCheck::All)]);
+        // A proving entry under the key wins.
+        assert_eq!(
+            port_keys(&[wide1, any_tcp]),
+            vec![(wild, PortCheck::Proven)]
+        );
     }
 
     #[test]
