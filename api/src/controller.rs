@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use dfw::compile::EngineConfig;
 use dfw::model::{EndpointKey, Namespace, Object};
 use serde::{Deserialize, Serialize};
 
@@ -132,12 +133,16 @@ pub struct ObjectInfo {
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub flow_ring_capacity: usize,
+    /// Engine-wide settings (default deny, global audit, host addresses) every realization
+    /// uses, dry-runs included.
+    pub engine: EngineConfig,
 }
 
 impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
             flow_ring_capacity: DEFAULT_RING_CAPACITY,
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -160,6 +165,7 @@ pub struct ControllerCounters {
 
 pub struct Controller {
     store: Arc<dyn Store>,
+    engine_config: EngineConfig,
     inner: Mutex<Inner>,
     realized: RwLock<Arc<RealizedState>>,
     data_plane: RwLock<Option<Arc<dyn DataPlane>>>,
@@ -227,7 +233,7 @@ impl Controller {
                 }
             }
         }
-        let mut engine = Live::build(&desired).map_err(|e| {
+        let mut engine = Live::build_with(&desired, config.engine.clone()).map_err(|e| {
             ControllerError::Rejected(format!(
                 "the stored state at revision {} cannot be realized: {e}",
                 snapshot.revision
@@ -247,6 +253,7 @@ impl Controller {
         );
         Ok(Self {
             store,
+            engine_config: config.engine,
             inner: Mutex::new(Inner {
                 revision: snapshot.revision,
                 desired,
@@ -363,7 +370,7 @@ impl Controller {
                 let back = EngineChange::between(&candidate, &inner.desired);
                 if let Err(undo) = inner.engine.apply(&back) {
                     tracing::error!("engine rollback failed ({undo}); rebuilding it");
-                    match Live::build(&inner.desired) {
+                    match Live::build_with(&inner.desired, self.engine_config.clone()) {
                         Ok(engine) => inner.engine = engine,
                         Err(e) => tracing::error!("rebuilding the engine failed: {e}"),
                     }
@@ -383,8 +390,8 @@ impl Controller {
     }
 
     /// Validates `candidate` on a throwaway engine (dry-runs never touch the live one).
-    fn dry_run(candidate: &Desired) -> Result<(), ControllerError> {
-        Live::build(candidate)
+    fn dry_run(&self, candidate: &Desired) -> Result<(), ControllerError> {
+        Live::build_with(candidate, self.engine_config.clone())
             .map(drop)
             .map_err(ControllerError::Rejected)
     }
@@ -399,7 +406,30 @@ impl Controller {
         files: &[InputFile],
         dry_run: bool,
     ) -> Result<ChangeReport, ControllerError> {
-        let result = self.apply_inner(files, dry_run);
+        let result = self.apply_inner(files, dry_run, None);
+        let c = &self.counters;
+        let counter = if result.is_ok() {
+            &c.applies
+        } else {
+            &c.applies_failed
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    /// Makes the documents whose file name starts with `source` exactly those of `files`
+    /// (every file of a policy directory, named by path under it): applies them and deletes
+    /// what an earlier sync of that source stored and `files` no longer declare, as one
+    /// change set. Objects applied through the API under other file names are left alone,
+    /// unless `files` declare the same object (then the source's version wins). An empty
+    /// `files` removes everything the source declared.
+    pub fn sync_source(
+        &self,
+        source: &str,
+        files: &[InputFile],
+        dry_run: bool,
+    ) -> Result<ChangeReport, ControllerError> {
+        let result = self.apply_inner(files, dry_run, Some(source));
         let c = &self.counters;
         let counter = if result.is_ok() {
             &c.applies
@@ -414,6 +444,7 @@ impl Controller {
         &self,
         files: &[InputFile],
         dry_run: bool,
+        prune_source: Option<&str>,
     ) -> Result<ChangeReport, ControllerError> {
         let mut inner = self.lock()?;
         let docs: Vec<Document> = files
@@ -477,7 +508,7 @@ impl Controller {
         if !errors.is_empty() {
             return Err(ControllerError::Invalid(errors));
         }
-        if parsed.is_empty() {
+        if parsed.is_empty() && prune_source.is_none() {
             return Err(ControllerError::BadRequest(
                 "no documents found in the given files".into(),
             ));
@@ -491,6 +522,8 @@ impl Controller {
             })
             .collect();
 
+        let declared: std::collections::BTreeSet<ResourceKey> =
+            parsed.iter().map(ParsedDocument::key).collect();
         let mut candidate = inner.desired.clone();
         let mut report = Vec::new();
         let mut changes = Vec::new();
@@ -509,8 +542,42 @@ impl Controller {
             report.push(change);
             candidate.documents.insert(key, p);
         }
+        if let Some(source) = prune_source {
+            let from_source = |file: &str| file.starts_with(source);
+            let stale: Vec<ResourceKey> = inner
+                .desired
+                .documents
+                .iter()
+                .filter(|(k, d)| !declared.contains(*k) && from_source(&d.document.file))
+                .map(|(k, _)| k.clone())
+                .chain(
+                    inner
+                        .failed
+                        .iter()
+                        .filter(|(k, errs)| {
+                            !declared.contains(*k) && errs.iter().any(|e| from_source(&e.file))
+                        })
+                        .map(|(k, _)| k.clone()),
+                )
+                .collect();
+            for key in stale {
+                let before = candidate.documents.remove(&key);
+                report.push(realized::diff_object(
+                    &key,
+                    before.as_ref().map(|b| &b.object),
+                    None,
+                ));
+                changes.push(Change::Delete(key.clone()));
+                if let ResourceKey::Policy(pk) = &key {
+                    let target = AuditTarget::Policy(pk.clone());
+                    if candidate.audit.remove(&target).is_some() {
+                        changes.push(Change::Delete(ResourceKey::Audit(target)));
+                    }
+                }
+            }
+        }
         if dry_run {
-            Self::dry_run(&candidate)?;
+            self.dry_run(&candidate)?;
             return Ok(ChangeReport {
                 revision: inner.revision,
                 dry_run,
@@ -520,9 +587,9 @@ impl Controller {
         }
         let keys: Vec<ResourceKey> = changes
             .iter()
-            .filter_map(|c| match c {
-                Change::Put(r) => Some(r.key()),
-                Change::Delete(_) => None,
+            .map(|c| match c {
+                Change::Put(r) => r.key(),
+                Change::Delete(k) => k.clone(),
             })
             .collect();
         let (revision, dp_warnings) = self.commit(&mut inner, candidate, changes)?;
@@ -575,7 +642,7 @@ impl Controller {
             }
         }
         if dry_run {
-            Self::dry_run(&candidate)?;
+            self.dry_run(&candidate)?;
             return Ok(ChangeReport {
                 revision: inner.revision,
                 dry_run,

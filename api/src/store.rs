@@ -206,6 +206,21 @@ impl RedbStore {
         Ok(store)
     }
 
+    /// A store that lives in memory only (`vdfwd --check`, tests): same semantics, nothing
+    /// survives the process.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(db_err)?;
+        let store = Self {
+            db,
+            path: PathBuf::from(":memory:"),
+            revision_tx: watch::channel(0).0,
+        };
+        store.init()?;
+        Ok(store)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

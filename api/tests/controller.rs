@@ -1,15 +1,16 @@
 //! Controller ↔ data plane contract.
 //!
-//! The data plane here is a recorder: vdfwd (the real implementation of `DataPlane`) lives
-//! in the vswitch crate and is not merged yet, so this test pins the order of calls the
-//! controller promises it (publish before add_vnic; remove_vnic before the state without
-//! the endpoint), which vdfwd relies on to never forward before policy is realized.
+//! The data plane here is a recorder (vdfwd's real `DataPlane`, `vswitch::enforcer`, is
+//! exercised by the vswitch and integration tests): it pins the order of calls the controller
+//! promises (publish before add_vnic; remove_vnic before the state without the endpoint),
+//! which vdfwd relies on to never forward before policy is realized.
 
 use std::sync::{Arc, Mutex};
 
-use api::controller::{Controller, ControllerConfig, ControllerError};
+use api::controller::{Controller, ControllerConfig, ControllerError, InputFile};
 use api::dataplane::{DataPlane, DataPlaneError, DataPlaneStats};
 use api::flows::{FlowFilter, FlowPeer, FlowRecord, FlowSink, FlowVerdict};
+use api::realized::ChangeAction;
 use api::realized::RealizedState;
 use api::store::{RedbStore, Store};
 use api::types::{EndpointSpec, SocketRole, VnicSocket};
@@ -206,4 +207,89 @@ fn offline_controller_works_without_a_data_plane() {
         Err(ControllerError::NotFound(_))
     ));
     assert_eq!(c.revision(), 1);
+}
+
+fn np(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: prod}}\nspec:\n  podSelector: {{}}\n  ingress: [{{ports: [{{port: {port}}}]}}]\n"
+    )
+}
+
+fn file(name: &str, text: &str) -> InputFile {
+    InputFile {
+        file: name.into(),
+        text: text.into(),
+        content_type: None,
+    }
+}
+
+fn policy_names(c: &Controller) -> Vec<String> {
+    c.realized()
+        .policies
+        .iter()
+        .map(|p| p.key.name.clone())
+        .collect()
+}
+
+#[test]
+fn a_source_sync_replaces_what_the_source_declared_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = open(dir.path());
+    let src = "/etc/vdfw/policies/";
+    c.sync_source(
+        src,
+        &[
+            file("/etc/vdfw/policies/a.yaml", &np("a", 80)),
+            file("/etc/vdfw/policies/sub/b.yaml", &np("b", 81)),
+        ],
+        false,
+    )
+    .unwrap();
+    c.apply(&[file("api.yaml", &np("c", 82))], false).unwrap();
+    assert_eq!(policy_names(&c), ["a", "b", "c"]);
+    let rev = c.revision();
+
+    // b.yaml gone: b is deleted, a unchanged, c (applied through the API) untouched; one
+    // revision for the whole change.
+    let r = c
+        .sync_source(
+            src,
+            &[file("/etc/vdfw/policies/a.yaml", &np("a", 80))],
+            false,
+        )
+        .unwrap();
+    let actions: Vec<ChangeAction> = r.changes.iter().map(|ch| ch.action).collect();
+    assert_eq!(actions, [ChangeAction::Unchanged, ChangeAction::Removed]);
+    assert_eq!(r.revision, rev + 1);
+    assert_eq!(policy_names(&c), ["a", "c"]);
+
+    // A broken file refuses the whole sync and changes nothing.
+    let err = c
+        .sync_source(
+            src,
+            &[
+                file("/etc/vdfw/policies/a.yaml", &np("a", 8080)),
+                file(
+                    "/etc/vdfw/policies/bad.yaml",
+                    "kind: NetworkPolicy\nspec: [",
+                ),
+            ],
+            false,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("bad.yaml"), "{err}");
+    assert_eq!(c.revision(), rev + 1);
+    assert_eq!(policy_names(&c), ["a", "c"]);
+
+    // A dry-run reports without changing; an empty source removes all it declared.
+    let dry = c.sync_source(src, &[], true).unwrap();
+    assert_eq!(dry.changes.len(), 1);
+    assert_eq!(policy_names(&c), ["a", "c"]);
+    c.sync_source(src, &[], false).unwrap();
+    assert_eq!(policy_names(&c), ["c"]);
+
+    // Reopened from the store: the same state.
+    drop(c);
+    let c = open(dir.path());
+    assert_eq!(policy_names(&c), ["c"]);
 }

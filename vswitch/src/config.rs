@@ -11,6 +11,10 @@
 //! name = "shop"
 //! labels = { team = "web" }
 //!
+//! [api]                                # optional; default: unix socket <state_dir>/api.sock
+//! unix_socket = "/run/vdfw/api.sock"   # mode 0600 (root only)
+//! tcp = { listen = "127.0.0.1:7443", token_file = "/etc/vdfw/token" }   # bearer token (+ tls)
+//!
 //! [uplink]                             # optional
 //! tap = "vdfw-up0"
 //! bridge = "br-vdfw"                   # optional
@@ -35,6 +39,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use api::server::ApiConfig;
 use dfw::flow::IpProtocol;
 use dfw::model::{Endpoint, EndpointKind, NamedPort as ModelNamedPort, Namespace};
 
@@ -68,6 +73,10 @@ pub struct Config {
     pub namespaces: Vec<NamespaceConfig>,
     #[serde(default)]
     pub uplink: Option<UplinkConfig>,
+    /// The REST + gRPC API. Without this section it listens only on `<state_dir>/api.sock`
+    /// (mode 0600: root only); see [`Config::api_config`].
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
     #[serde(default, rename = "vnic")]
     pub vnics: Vec<VnicConfig>,
 }
@@ -207,6 +216,15 @@ impl Config {
         })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The API listeners in effect: the `[api]` section, or the unix socket
+    /// `<state_dir>/api.sock` alone.
+    pub fn api_config(&self) -> ApiConfig {
+        self.api.clone().unwrap_or_else(|| ApiConfig {
+            unix_socket: self.state_dir.join("api.sock"),
+            tcp: None,
+        })
     }
 
     /// The namespaces as the policy engine takes them.

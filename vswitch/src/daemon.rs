@@ -1,57 +1,61 @@
-//! The daemon as a library: configuration -> policy engine -> firewall -> data plane, and
-//! the operations the control plane performs on it (policy reload, vNIC add/remove, status).
+//! The daemon as a library: configuration → control plane (store + controller) → enforcer
+//! (data plane + firewall) and what `vdfwd` does with them (policy reload, vNIC add/remove,
+//! status).
 //!
-//! `vdfwd` is a thin shell around [`Daemon`]; the REST/gRPC API calls the same methods
-//! ([`Daemon::reload_policy_dir`], [`Daemon::apply_policy_set`], [`Daemon::add_vnic`], ...),
-//! so a SIGHUP and an API apply take the same path.
+//! One owner of policy: the api [`Controller`]. It holds the only dfw engine, persists every
+//! change in the embedded store under `state_dir` before acknowledging it, and publishes each
+//! realized state to the [`Enforcer`]. The configuration file and the policy directory are two
+//! declarative *sources* synced into the controller (so they take the same path as an API
+//! call); everything applied through the API lives beside them in the store.
 //!
 //! # Start-up order (fail closed)
 //! 1. the data plane is created with the fail-closed filter;
-//! 2. the engine gets the namespaces and every configured vNIC as a `vm` endpoint, then the
-//!    policy set from `policy_dir` (parsed as a whole: one bad file and nothing starts);
-//! 3. the realized snapshot is installed in the firewall, which becomes the filter;
-//! 4. only then are the uplink attached and the vNIC sockets served.
+//! 2. the controller loads and realizes the store (everything applied before the restart);
+//! 3. the configuration is synced in: namespaces, every `[[vnic]]` as an endpoint with its
+//!    socket (vNICs dropped from the file since the last start are removed), then the policy
+//!    directory as one set (one bad file and nothing starts);
+//! 4. the enforcer is attached: the realized state is installed in the firewall (which becomes
+//!    the filter), and only then are the vNIC sockets served — configured and API-registered
+//!    alike — and the uplink attached.
 //!
 //! # Policy changes
-//! A change (reload or API) is applied to the engine as one transaction: upsert everything in
-//! the new set, remove what is no longer in it. If parsing or the transaction fails, the
-//! running policy is untouched. Otherwise the new snapshot is installed and every tracked
-//! connection re-checked ([`crate::firewall::Firewall::recheck`]).
+//! SIGHUP re-reads `policy_dir` and syncs it as one change set: what the directory no longer
+//! declares is deleted, the rest applied. If anything fails to parse or realize the running
+//! policy is untouched. Otherwise the new snapshot is installed and every tracked connection
+//! re-checked ([`crate::firewall::Firewall::recheck`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use dfw::compile::{Engine, EngineConfig, EngineError, ObjectKey};
+use api::controller::{ChangeReport, Controller, ControllerConfig, ControllerError, InputFile};
+use api::realized::ChangeAction;
+use api::store::{RedbStore, Store, StoreError};
+use api::types::{EndpointSpec, MacAddr as ApiMac, SocketRole as ApiRole, VnicSocket};
+use dfw::compile::EngineConfig;
 use dfw::conntrack::{CtConfig, CtConfigError};
-use dfw::crd::Parsed;
-use dfw::model::{Direction, EndpointKey, PolicyKind};
+use dfw::model::{Direction, EndpointKey, NamedPort, PolicyKind};
 use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, VnicConfig};
 use crate::dataplane::{Dataplane, DataplaneError, PortStatus};
-use crate::filter::{FailClosed, InsecureAllowAll, PacketFilter};
-use crate::firewall::decision::PolicyTag;
+use crate::device::SocketRole;
+pub use crate::enforcer::FilterMode;
+use crate::enforcer::{Enforcer, PublishReport};
+use crate::filter::FailClosed;
 use crate::firewall::{Firewall, RecheckReport};
-use crate::flowlog::{FlowCatalog, FlowLog, FlowLogStats, FlowRecord, RuleInfo};
-use crate::policy::{load_policy_dir, PolicyLoadError};
+use crate::flowlog::{FlowLog, FlowLogStats, FlowRecord, RuleInfo};
+use crate::policy::{read_policy_dir, PolicyLoadError};
 use crate::port::PortId;
 
 /// Expiry budget per vNIC table for [`Daemon::tick`].
 pub const TICK_EXPIRE_BUDGET: usize = 4096;
 
-/// What filters the traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FilterMode {
-    /// The dfw firewall (the default).
-    Firewall,
-    /// No firewall at all: every frame that passes the spoof guard is forwarded. Policy is
-    /// still loaded and validated. For bring-up and tests only.
-    InsecureAllowAll,
-}
+/// Endpoint keys the configuration file registered at the last start, so a `[[vnic]]` removed
+/// from the file is removed from the store too (and not an API-registered endpoint).
+const CONFIG_ENDPOINTS_FILE: &str = "config-endpoints.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -59,8 +63,10 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error("policy: {0}")]
     Policy(#[from] PolicyLoadError),
-    #[error("policy engine refused the change: {0}")]
-    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Control(#[from] ControllerError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
     #[error("conntrack: {0}")]
@@ -75,6 +81,8 @@ pub enum DaemonError {
     NoSuchVnic(String),
     #[error("vNIC {0:?} already exists")]
     VnicExists(String),
+    #[error("vNIC {0:?} did not come up: {1}")]
+    VnicDown(String, String),
 }
 
 impl DaemonError {
@@ -82,16 +90,22 @@ impl DaemonError {
     pub fn lines(&self) -> Vec<String> {
         match self {
             DaemonError::Policy(e) => e.lines(),
+            DaemonError::Control(ControllerError::Invalid(errors)) => {
+                errors.iter().map(|e| e.to_string()).collect()
+            }
             other => vec![other.to_string()],
         }
     }
 }
 
-/// What a policy change did.
+/// What a policy-directory sync did.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadReport {
+    /// The store revision holding the change (unchanged if nothing changed).
+    pub revision: u64,
+    /// The dfw snapshot generation enforced after it.
     pub generation: u64,
-    /// Policy files read (0 for an API apply).
+    /// Policy files read.
     pub files: usize,
     pub policies: usize,
     pub groups: usize,
@@ -120,11 +134,16 @@ pub struct RuleStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyStatus {
     pub generation: Option<u64>,
+    /// The store revision being enforced.
+    pub revision: u64,
     pub policy_dir: Option<PathBuf>,
     pub default_deny: bool,
     pub audit: bool,
+    /// Policies enforced (from the policy directory and the API).
     pub policies: usize,
     pub last_change: Option<ReloadReport>,
+    /// The last change published to the data plane (any source).
+    pub last_publish: Option<PublishReport>,
     /// Errors of the last refused reload (the running policy was kept).
     pub last_error: Option<Vec<String>>,
 }
@@ -141,10 +160,8 @@ pub struct DaemonStatus {
     pub flow_log: FlowLogStats,
 }
 
-struct Control {
-    engine: Engine,
-    /// vNIC name -> (id, config).
-    vnics: BTreeMap<String, (PortId, VnicConfig)>,
+#[derive(Default)]
+struct Reloads {
     last_change: Option<ReloadReport>,
     last_error: Option<Vec<String>>,
 }
@@ -153,15 +170,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// vdfwd: data plane + firewall + policy engine + flow log. `Send + Sync`: the API server
-/// shares it (`Arc<Daemon>`) between its tasks.
+/// vdfwd: controller + enforcer. `Send + Sync`; the API server shares the controller.
 pub struct Daemon {
     cfg: Config,
-    mode: FilterMode,
-    dataplane: Dataplane,
-    firewall: Arc<Firewall>,
-    flowlog: FlowLog,
-    control: Mutex<Control>,
+    controller: Arc<Controller>,
+    enforcer: Arc<Enforcer>,
+    reloads: Mutex<Reloads>,
 }
 
 const _: () = {
@@ -169,73 +183,150 @@ const _: () = {
     assert_send_sync::<Daemon>();
 };
 
-fn warning_lines(parsed: &Parsed) -> Vec<String> {
-    parsed
-        .warnings
-        .iter()
-        .map(|w| format!("{}:{}: {}", w.source.file, w.source.line, w.message))
-        .collect()
-}
-
-/// The engine with the configuration's namespaces, vNIC endpoints and policy set.
-struct Prepared {
-    engine: Engine,
-    files: Vec<PathBuf>,
-    counts: Counts,
-    report: dfw::compile::ApplyReport,
-    warnings: Vec<String>,
-}
-
-fn prepare(cfg: &Config) -> Result<Prepared, DaemonError> {
-    let mut engine = Engine::new(EngineConfig {
+fn engine_config(cfg: &Config) -> EngineConfig {
+    EngineConfig {
         default_deny: cfg.default_deny,
         audit: cfg.audit,
         ..EngineConfig::default()
-    });
-    for ns in cfg.model_namespaces() {
-        engine.upsert_namespace(ns);
     }
-    for v in &cfg.vnics {
-        engine.upsert_endpoint(v.endpoint()?)?;
-    }
-    let (files, parsed) = match &cfg.policy_dir {
-        Some(dir) => load_policy_dir(dir)?,
-        None => (Vec::new(), Parsed::default()),
-    };
-    let mut warnings = warning_lines(&parsed);
-    let counts = Counts::of(&parsed);
-    let report = engine.apply(parsed.objects)?;
-    warnings.extend(report.warnings.iter().cloned());
-    Ok(Prepared {
-        engine,
-        files,
-        counts,
-        report,
-        warnings,
+}
+
+/// The registered-endpoint form of a configured vNIC.
+pub fn endpoint_spec(v: &VnicConfig) -> Result<EndpointSpec, ConfigError> {
+    let model = v.endpoint()?;
+    Ok(EndpointSpec {
+        name: v.name.clone(),
+        namespace: v.namespace.clone(),
+        labels: v.labels.clone(),
+        mac: Some(ApiMac(v.mac.octets())),
+        ips: v.ips.clone(),
+        named_ports: model
+            .named_ports
+            .into_iter()
+            .map(|(name, p)| {
+                (
+                    name,
+                    NamedPort {
+                        port: p.port,
+                        protocol: p.protocol,
+                    },
+                )
+            })
+            .collect(),
+        socket: Some(VnicSocket {
+            path: v.socket.clone(),
+            role: match v.role {
+                SocketRole::Listen => ApiRole::Server,
+                SocketRole::Connect => ApiRole::Client,
+            },
+        }),
     })
 }
 
+fn endpoint_key(v: &VnicConfig) -> EndpointKey {
+    EndpointKey {
+        namespace: v.namespace.clone(),
+        name: v.name.clone(),
+    }
+}
+
+/// The prefix every document file name from `dir` starts with (the sync's source).
+fn source_prefix(dir: &Path) -> String {
+    let mut s = dir.display().to_string();
+    if !s.ends_with('/') {
+        s.push('/');
+    }
+    s
+}
+
+/// Syncs the configuration's namespaces and vNIC endpoints into the controller.
+fn sync_inventory(controller: &Controller, cfg: &Config) -> Result<(), DaemonError> {
+    for ns in cfg.model_namespaces() {
+        controller.upsert_namespace(ns)?;
+    }
+    let path = cfg.state_dir.join(CONFIG_ENDPOINTS_FILE);
+    let previous: Vec<EndpointKey> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let now: BTreeSet<EndpointKey> = cfg.vnics.iter().map(endpoint_key).collect();
+    let registered: BTreeSet<EndpointKey> =
+        controller.endpoints().iter().map(|e| e.key()).collect();
+    for gone in previous.iter().filter(|k| !now.contains(*k)) {
+        if registered.contains(gone) {
+            info!(endpoint = %gone, "vNIC no longer in the configuration: removing it");
+            controller.remove_endpoint(gone)?;
+        }
+    }
+    for v in &cfg.vnics {
+        controller.upsert_endpoint(endpoint_spec(v)?)?;
+    }
+    let keys: Vec<&EndpointKey> = now.iter().collect();
+    let json = serde_json::to_vec(&keys).unwrap_or_default();
+    std::fs::write(&path, json).map_err(|e| DaemonError::StateDir(path, e))?;
+    Ok(())
+}
+
+/// Syncs `dir` into the controller as one change set.
+fn sync_policy_dir(
+    controller: &Controller,
+    dir: &Path,
+    dry_run: bool,
+) -> Result<(usize, ChangeReport), DaemonError> {
+    let files: Vec<InputFile> = read_policy_dir(dir)?
+        .into_iter()
+        .map(|(path, text)| InputFile {
+            file: path.display().to_string(),
+            text,
+            content_type: None,
+        })
+        .collect();
+    let n = files.len();
+    let report = controller.sync_source(&source_prefix(dir), &files, dry_run)?;
+    Ok((n, report))
+}
+
+fn count(report: &ChangeReport, action: ChangeAction) -> usize {
+    report.changes.iter().filter(|c| c.action == action).count()
+}
+
 impl Daemon {
-    /// Validates the configuration and the policy directory and realizes the policy, without
-    /// serving anything: `vdfwd --check`. Returns the summary [`Daemon::summary`] would print.
+    /// Validates the configuration and the policy directory and realizes the policy on a
+    /// throwaway in-memory store, without serving anything: `vdfwd --check`. Returns the
+    /// summary [`Daemon::summary`] would print.
     pub fn check(cfg: &Config) -> Result<Vec<String>, DaemonError> {
         cfg.validate()?;
-        let mut p = prepare(cfg)?;
-        let snap = p.engine.snapshot();
-        let vnics: Vec<(Option<PortId>, &VnicConfig)> =
-            cfg.vnics.iter().map(|v| (None, v)).collect();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::in_memory()?);
+        let controller = Controller::open(
+            store,
+            ControllerConfig {
+                engine: engine_config(cfg),
+                ..ControllerConfig::default()
+            },
+        )?;
+        for ns in cfg.model_namespaces() {
+            controller.upsert_namespace(ns)?;
+        }
+        for v in &cfg.vnics {
+            controller.upsert_endpoint(endpoint_spec(v)?)?;
+        }
+        let warnings = match &cfg.policy_dir {
+            Some(dir) => sync_policy_dir(&controller, dir, false)?.1.warnings,
+            None => Vec::new(),
+        };
+        let vnics: Vec<(Option<PortId>, VnicConfig)> =
+            cfg.vnics.iter().map(|v| (None, v.clone())).collect();
         Ok(summarize(
             cfg,
             FilterMode::Firewall,
-            &p.engine,
-            Some(&snap),
+            &controller,
             &vnics,
-            &p.warnings,
+            &warnings,
         ))
     }
 
-    /// Builds everything and starts serving (see the module doc for the order). The flow log
-    /// goes to `state_dir/flows.jsonl` (the directory is created if needed).
+    /// Builds everything and starts serving (see the module doc for the order). The store
+    /// and the flow log (`flows.jsonl`) live in `state_dir` (created if needed).
     pub fn start(cfg: Config, mode: FilterMode) -> Result<Daemon, DaemonError> {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.state_dir)
@@ -255,299 +346,205 @@ impl Daemon {
             ..CtConfig::default()
         };
         let firewall = Arc::new(Firewall::new(ct, Some(flowlog.sink()))?);
+        let enforcer = Arc::new(Enforcer::new(mode, dataplane, firewall, flowlog));
 
-        let Prepared {
-            mut engine,
-            files,
-            counts,
-            report,
-            warnings,
-        } = prepare(&cfg)?;
-        let mut vnics = BTreeMap::new();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&cfg.state_dir)?);
+        let controller = Arc::new(Controller::open(
+            store,
+            ControllerConfig {
+                engine: engine_config(&cfg),
+                ..ControllerConfig::default()
+            },
+        )?);
+        sync_inventory(&controller, &cfg)?;
+        let mut reloads = Reloads::default();
+        if let Some(dir) = &cfg.policy_dir {
+            let (files, report) = sync_policy_dir(&controller, dir, false)?;
+            reloads.last_change = Some(Self::reload_report(&controller, None, files, &report, t0));
+        }
+
+        // Realized: install it, then serve the vNICs.
+        let failures = controller.attach_data_plane(enforcer.clone())?;
+        for w in &failures {
+            warn!("{w}");
+        }
         for v in &cfg.vnics {
-            let id = dataplane.pipeline().alloc_port_id();
-            firewall.bind_vnic(id, &v.name, endpoint_key(v))?;
-            vnics.insert(v.name.clone(), (id, v.clone()));
-        }
-        let snapshot = engine.snapshot();
-        firewall.install(snapshot.clone());
-        let generation = snapshot.generation();
-        let daemon = Daemon {
-            mode,
-            dataplane,
-            firewall,
-            flowlog,
-            control: Mutex::new(Control {
-                engine,
-                vnics,
-                last_change: Some(ReloadReport {
-                    generation,
-                    files: files.len(),
-                    policies: counts.policies,
-                    groups: counts.groups,
-                    tiers: counts.tiers,
-                    created: report.created,
-                    updated: report.updated,
-                    unchanged: report.unchanged,
-                    removed: report.removed,
-                    warnings,
-                    connections: RecheckReport::default(),
-                    duration_us: t0.elapsed().as_micros() as u64,
-                }),
-                last_error: None,
-            }),
-            cfg,
-        };
-        daemon.publish_catalog(&lock(&daemon.control));
-        let filter: Arc<dyn PacketFilter> = match mode {
-            FilterMode::Firewall => daemon.firewall.clone(),
-            FilterMode::InsecureAllowAll => Arc::new(InsecureAllowAll),
-        };
-        daemon.dataplane.set_filter(filter);
-
-        // Policy is realized: now traffic may arrive.
-        if let Some(up) = &daemon.cfg.uplink {
-            daemon.dataplane.attach_uplink(up)?;
-        }
-        let ctl = lock(&daemon.control);
-        for (id, v) in ctl.vnics.values() {
-            if let Some(parent) = v.socket.parent() {
-                let _ = std::fs::create_dir_all(parent);
+            if enforcer.vnic_id(&v.name).is_none() {
+                let why = failures
+                    .iter()
+                    .find(|w| w.contains(&v.name))
+                    .cloned()
+                    .unwrap_or_else(|| "not attached".into());
+                return Err(DaemonError::VnicDown(v.name.clone(), why));
             }
-            daemon.dataplane.add_vnic_with_id(*id, v)?;
         }
-        drop(ctl);
-        Ok(daemon)
+        if let Some(up) = &cfg.uplink {
+            enforcer.dataplane().attach_uplink(up)?;
+        }
+        if let Some(r) = reloads.last_change.as_mut() {
+            r.duration_us = t0.elapsed().as_micros() as u64;
+        }
+        Ok(Daemon {
+            cfg,
+            controller,
+            enforcer,
+            reloads: Mutex::new(reloads),
+        })
+    }
+
+    fn reload_report(
+        controller: &Controller,
+        enforcer: Option<&Enforcer>,
+        files: usize,
+        report: &ChangeReport,
+        t0: Instant,
+    ) -> ReloadReport {
+        let state = controller.realized();
+        let changed = count(report, ChangeAction::Added)
+            + count(report, ChangeAction::Changed)
+            + count(report, ChangeAction::Removed)
+            > 0;
+        let connections = match enforcer.and_then(|e| e.last_publish()) {
+            Some(p) if changed && p.revision == report.revision => p.connections,
+            _ => RecheckReport::default(),
+        };
+        ReloadReport {
+            revision: report.revision,
+            generation: state.snapshot.generation(),
+            files,
+            policies: state.policies.len(),
+            groups: state.groups.len(),
+            tiers: state.tiers.len(),
+            created: count(report, ChangeAction::Added),
+            updated: count(report, ChangeAction::Changed),
+            unchanged: count(report, ChangeAction::Unchanged),
+            removed: count(report, ChangeAction::Removed),
+            warnings: report.warnings.clone(),
+            connections,
+            duration_us: t0.elapsed().as_micros() as u64,
+        }
     }
 
     pub fn config(&self) -> &Config {
         &self.cfg
     }
 
+    /// The control plane (what the API server serves).
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
+    pub fn enforcer(&self) -> &Arc<Enforcer> {
+        &self.enforcer
+    }
+
     pub fn mode(&self) -> FilterMode {
-        self.mode
+        self.enforcer.mode()
     }
 
     pub fn dataplane(&self) -> &Dataplane {
-        &self.dataplane
+        self.enforcer.dataplane()
     }
 
     pub fn firewall(&self) -> &Arc<Firewall> {
-        &self.firewall
+        self.enforcer.firewall()
     }
 
     pub fn flow_log(&self) -> &FlowLog {
-        &self.flowlog
+        self.enforcer.flow_log()
     }
 
     /// The data path's clock (monotonic ns).
     pub fn now(&self) -> u64 {
-        self.dataplane.pipeline().now()
+        self.dataplane().pipeline().now()
     }
 
-    /// The id of a configured vNIC.
+    /// The port id of a vNIC (configured or API-registered), by name.
     pub fn vnic_id(&self, name: &str) -> Option<PortId> {
-        lock(&self.control).vnics.get(name).map(|(id, _)| *id)
+        self.enforcer.vnic_id(name)
     }
 
     /// The last `n` flow records, oldest first.
     pub fn flows(&self, n: usize) -> Vec<FlowRecord> {
-        self.flowlog.recent(n)
+        self.flow_log().recent(n)
     }
 
-    /// Re-reads `policy_dir` and applies it as the whole policy set (SIGHUP). On any error
-    /// the running policy stays, and the error is returned (and kept for the status).
+    /// Re-reads `policy_dir` and syncs it as one change set (SIGHUP). On any error the
+    /// running policy stays, and the error is returned (and kept for the status).
     pub fn reload_policy_dir(&self) -> Result<ReloadReport, DaemonError> {
+        let t0 = Instant::now();
         let dir = self
             .cfg
             .policy_dir
             .as_ref()
             .ok_or(DaemonError::NoPolicyDir)?;
-        let (files, parsed) = match load_policy_dir(dir) {
-            Ok(x) => x,
-            Err(e) => {
-                let e = DaemonError::Policy(e);
-                lock(&self.control).last_error = Some(e.lines());
-                return Err(e);
+        match sync_policy_dir(&self.controller, dir, false) {
+            Ok((files, report)) => {
+                let out =
+                    Self::reload_report(&self.controller, Some(&self.enforcer), files, &report, t0);
+                let mut r = lock(&self.reloads);
+                r.last_change = Some(out.clone());
+                r.last_error = None;
+                Ok(out)
             }
-        };
-        self.apply_policy_set(parsed, files.len())
+            Err(e) => {
+                lock(&self.reloads).last_error = Some(e.lines());
+                Err(e)
+            }
+        }
     }
 
-    /// Replaces the whole policy set (policies, groups, tiers) with `parsed`, atomically;
-    /// re-checks tracked connections. `files`: how many files it came from (for the report).
-    pub fn apply_policy_set(
-        &self,
-        parsed: Parsed,
-        files: usize,
-    ) -> Result<ReloadReport, DaemonError> {
-        let t0 = Instant::now();
-        let mut ctl = lock(&self.control);
-        let mut warnings = warning_lines(&parsed);
-        let counts = Counts::of(&parsed);
-        let keep: BTreeSet<ObjectKey> = parsed.objects.iter().map(object_key).collect();
-        let mut removals: Vec<ObjectKey> = Vec::new();
-        removals.extend(
-            ctl.engine
-                .policies()
-                .map(|p| ObjectKey::Policy(p.key.clone())),
-        );
-        removals.extend(ctl.engine.groups().map(|g| ObjectKey::Group(g.key.clone())));
-        removals.extend(
-            ctl.engine
-                .tiers()
-                .map(|t| ObjectKey::Tier(t.name.to_ascii_lowercase())),
-        );
-        removals.retain(|k| !keep.contains(k));
-        let report = match ctl.engine.transaction(parsed.objects, removals) {
-            Ok(r) => r,
-            Err(e) => {
-                let e = DaemonError::Engine(e);
-                ctl.last_error = Some(e.lines());
-                return Err(e);
-            }
-        };
-        warnings.extend(report.warnings.iter().cloned());
-        let snapshot = ctl.engine.snapshot();
-        let connections = self.firewall.apply(snapshot.clone());
-        self.publish_catalog(&ctl);
-        let out = ReloadReport {
-            generation: snapshot.generation(),
-            files,
-            policies: counts.policies,
-            groups: counts.groups,
-            tiers: counts.tiers,
-            created: report.created,
-            updated: report.updated,
-            unchanged: report.unchanged,
-            removed: report.removed,
-            warnings,
-            connections,
-            duration_us: t0.elapsed().as_micros() as u64,
-        };
-        ctl.last_change = Some(out.clone());
-        ctl.last_error = None;
-        Ok(out)
-    }
-
-    /// Adds a vNIC at run time: its endpoint joins the policy (and connections are
-    /// re-checked, since a new endpoint can change what other vNICs' rules match), then its
-    /// socket is served.
+    /// Registers a vNIC at run time (as the API's endpoint registration does): its endpoint
+    /// joins the policy, then its socket is served.
     pub fn add_vnic(&self, v: &VnicConfig) -> Result<PortId, DaemonError> {
-        let mut ctl = lock(&self.control);
-        if ctl.vnics.contains_key(&v.name) {
+        if self.vnic_id(&v.name).is_some() {
             return Err(DaemonError::VnicExists(v.name.clone()));
         }
-        let endpoint = v.endpoint()?;
-        ctl.engine.upsert_endpoint(endpoint)?;
-        let id = self.dataplane.pipeline().alloc_port_id();
-        let undo = |ctl: &mut Control| {
-            let _ = ctl.engine.remove_endpoint(&endpoint_key(v));
-        };
-        if let Err(e) = self.firewall.bind_vnic(id, &v.name, endpoint_key(v)) {
-            undo(&mut ctl);
-            return Err(e.into());
-        }
-        self.firewall.apply(ctl.engine.snapshot());
-        if let Err(e) = self.dataplane.add_vnic_with_id(id, v) {
-            self.firewall.unbind_vnic(id);
-            undo(&mut ctl);
-            self.firewall.apply(ctl.engine.snapshot());
-            return Err(e.into());
-        }
-        ctl.vnics.insert(v.name.clone(), (id, v.clone()));
-        self.publish_catalog(&ctl);
-        Ok(id)
+        let report = self.controller.upsert_endpoint(endpoint_spec(v)?)?;
+        self.vnic_id(&v.name)
+            .ok_or_else(|| DaemonError::VnicDown(v.name.clone(), report.warnings.join("; ")))
     }
 
     /// Removes a vNIC: disconnects it, forgets its connections and its endpoint.
     pub fn remove_vnic(&self, name: &str) -> Result<(), DaemonError> {
-        let mut ctl = lock(&self.control);
-        let (id, v) = ctl
-            .vnics
-            .remove(name)
+        let key = self
+            .enforcer
+            .vnics()
+            .into_iter()
+            .find(|(_, v)| v.name == name)
+            .map(|(_, v)| endpoint_key(&v))
             .ok_or_else(|| DaemonError::NoSuchVnic(name.to_owned()))?;
-        let _ = self.dataplane.remove_vnic(id);
-        self.firewall.unbind_vnic(id);
-        ctl.engine.remove_endpoint(&endpoint_key(&v))?;
-        self.firewall.apply(ctl.engine.snapshot());
-        self.publish_catalog(&ctl);
+        self.controller.remove_endpoint(&key)?;
         Ok(())
     }
 
     /// Periodic control-plane work: a bounded expiry sweep of every connection table.
     pub fn tick(&self) -> usize {
-        self.firewall.expire_all(self.now(), TICK_EXPIRE_BUDGET)
-    }
-
-    /// Names for the flow log and the rule counters: vNICs, rules, policies.
-    fn publish_catalog(&self, ctl: &Control) {
-        let old = self.flowlog.catalog();
-        let mut cat = FlowCatalog {
-            snapshot: self.firewall.snapshot(),
-            vnics: ctl
-                .vnics
-                .iter()
-                .map(|(name, (id, _))| (*id, name.clone()))
-                .collect(),
-            rules: HashMap::new(),
-            policies: HashMap::new(),
-        };
-        for p in ctl.engine.policies() {
-            let key = p.key.to_string();
-            cat.policies.insert(PolicyTag::of(&p.key), key.clone());
-            for r in &p.rules {
-                cat.rules.insert(
-                    r.id,
-                    RuleInfo {
-                        policy: key.clone(),
-                        name: r.name.clone(),
-                        direction: r.direction,
-                        action: r.action,
-                        log_label: r.log_label.clone(),
-                    },
-                );
-            }
-        }
-        // Events queued just before a change may name what it removed: keep the previous
-        // generation's names resolvable.
-        for (id, info) in &old.rules {
-            cat.rules.entry(*id).or_insert_with(|| info.clone());
-        }
-        for (tag, key) in &old.policies {
-            cat.policies.entry(*tag).or_insert_with(|| key.clone());
-        }
-        for (id, name) in &old.vnics {
-            cat.vnics.entry(*id).or_insert_with(|| name.clone());
-        }
-        self.flowlog.set_catalog(cat);
+        self.firewall().expire_all(self.now(), TICK_EXPIRE_BUDGET)
     }
 
     /// Everything `counters.json` holds.
     pub fn status(&self) -> DaemonStatus {
-        let (policies, last_change, last_error) = {
-            let ctl = lock(&self.control);
-            (
-                ctl.engine.policies().count(),
-                ctl.last_change.clone(),
-                ctl.last_error.clone(),
-            )
+        let state = self.controller.realized();
+        let (last_change, last_error) = {
+            let r = lock(&self.reloads);
+            (r.last_change.clone(), r.last_error.clone())
         };
-        let fw: HashMap<u32, _> = self
-            .firewall
+        let fw: BTreeMap<u32, _> = self
+            .firewall()
             .status()
             .into_iter()
             .map(|s| (s.id, s))
             .collect();
-        let mut ports = self.dataplane.status();
+        let mut ports = self.dataplane().status();
         for p in &mut ports {
             if let Some(id) = p.id {
                 p.firewall = fw.get(&id).cloned();
             }
         }
-        let catalog = self.flowlog.catalog();
+        let catalog = self.flow_log().catalog();
         let rules = self
-            .firewall
+            .firewall()
             .rule_counters()
             .into_iter()
             .map(|(id, c)| RuleStatus {
@@ -559,42 +556,39 @@ impl Daemon {
             })
             .collect();
         DaemonStatus {
-            mode: self.mode,
+            mode: self.mode(),
             policy: PolicyStatus {
-                generation: self.firewall.generation(),
+                generation: self.firewall().generation(),
+                revision: state.revision,
                 policy_dir: self.cfg.policy_dir.clone(),
                 default_deny: self.cfg.default_deny,
                 audit: self.cfg.audit,
-                policies,
+                policies: state.policies.len(),
                 last_change,
+                last_publish: self.enforcer.last_publish(),
                 last_error,
             },
             ports,
             rules,
-            flow_log: self.flowlog.stats(),
+            flow_log: self.flow_log().stats(),
         }
     }
 
     /// A concise start-up summary, one line each: totals, every vNIC with its realized rule
     /// counts, then warnings.
     pub fn summary(&self) -> Vec<String> {
-        let ctl = lock(&self.control);
-        let snap = self.firewall.snapshot();
-        let vnics: Vec<(Option<PortId>, &VnicConfig)> =
-            ctl.vnics.values().map(|(id, v)| (Some(*id), v)).collect();
-        let warnings = ctl
+        let vnics: Vec<(Option<PortId>, VnicConfig)> = self
+            .enforcer
+            .vnics()
+            .into_iter()
+            .map(|(id, v)| (Some(id), v))
+            .collect();
+        let warnings = lock(&self.reloads)
             .last_change
             .as_ref()
             .map(|c| c.warnings.clone())
             .unwrap_or_default();
-        summarize(
-            &self.cfg,
-            self.mode,
-            &ctl.engine,
-            snap.as_deref(),
-            &vnics,
-            &warnings,
-        )
+        summarize(&self.cfg, self.mode(), &self.controller, &vnics, &warnings)
     }
 
     /// Logs [`Daemon::summary`].
@@ -610,8 +604,7 @@ impl Daemon {
 
     /// Disconnects every vNIC and the uplink, and flushes the flow log.
     pub fn shutdown(&self) {
-        self.dataplane.shutdown();
-        self.flowlog.shutdown();
+        self.enforcer.shutdown();
     }
 }
 
@@ -624,13 +617,13 @@ impl Drop for Daemon {
 fn summarize(
     cfg: &Config,
     mode: FilterMode,
-    engine: &Engine,
-    snap: Option<&dfw::compile::PolicySnapshot>,
-    vnics: &[(Option<PortId>, &VnicConfig)],
+    controller: &Controller,
+    vnics: &[(Option<PortId>, VnicConfig)],
     warnings: &[String],
 ) -> Vec<String> {
+    let state = controller.realized();
     let mut by_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for p in engine.policies() {
+    for p in &state.policies {
         *by_kind.entry(kind_family(p.key.kind)).or_default() += 1;
     }
     let kinds = by_kind
@@ -639,7 +632,7 @@ fn summarize(
         .collect::<Vec<_>>()
         .join(", ");
     let mut out = vec![format!(
-        "{} vNICs, {} policies{}, {} groups, {} custom tiers; default_deny={}, audit={}, mode={}",
+        "{} vNICs, {} policies{}, {} groups, {} custom tiers; default_deny={}, audit={}, mode={}, store revision {}",
         vnics.len(),
         by_kind.values().sum::<usize>(),
         if kinds.is_empty() {
@@ -647,18 +640,19 @@ fn summarize(
         } else {
             format!(" ({kinds})")
         },
-        engine.groups().count(),
-        engine.tiers().count(),
+        state.groups.len(),
+        state.tiers.len(),
         cfg.default_deny,
         cfg.audit,
         match mode {
             FilterMode::Firewall => "firewall",
             FilterMode::InsecureAllowAll => "INSECURE-ALLOW-ALL",
         },
+        state.revision,
     )];
     for (id, v) in vnics {
         let id = id.map(|i| format!(" ({i})")).unwrap_or_default();
-        let view = snap.and_then(|s| s.endpoint(&endpoint_key(v)));
+        let view = state.snapshot.endpoint(&endpoint_key(v));
         out.push(match view {
             Some(e) => format!(
                 "vNIC {}{id} = endpoint {}/{} identity {}: {} ingress / {} egress rules",
@@ -675,9 +669,9 @@ fn summarize(
     if mode == FilterMode::InsecureAllowAll {
         out.push("warning: --insecure-allow-all: the firewall is OFF".into());
     }
-    if cfg.policy_dir.is_none() {
+    if cfg.policy_dir.is_none() && state.policies.is_empty() {
         out.push(format!(
-            "warning: no policy_dir: {}",
+            "warning: no policy_dir and no policy applied: {}",
             if cfg.default_deny {
                 "default_deny drops every flow"
             } else {
@@ -689,41 +683,10 @@ fn summarize(
     out
 }
 
-fn endpoint_key(v: &VnicConfig) -> EndpointKey {
-    EndpointKey {
-        namespace: v.namespace.clone(),
-        name: v.name.clone(),
-    }
-}
-
-fn object_key(o: &dfw::model::Object) -> ObjectKey {
-    match o {
-        dfw::model::Object::Policy(p) => ObjectKey::Policy(p.key.clone()),
-        dfw::model::Object::Group(g) => ObjectKey::Group(g.key.clone()),
-        dfw::model::Object::Tier(t) => ObjectKey::Tier(t.name.to_ascii_lowercase()),
-    }
-}
-
 fn kind_family(k: PolicyKind) -> &'static str {
     match k {
         PolicyKind::KubernetesNetworkPolicy => "kubernetes",
         PolicyKind::AntreaNetworkPolicy | PolicyKind::AntreaClusterNetworkPolicy => "antrea",
         PolicyKind::CiliumNetworkPolicy | PolicyKind::CiliumClusterwideNetworkPolicy => "cilium",
-    }
-}
-
-struct Counts {
-    policies: usize,
-    groups: usize,
-    tiers: usize,
-}
-
-impl Counts {
-    fn of(p: &Parsed) -> Counts {
-        Counts {
-            policies: p.policies().count(),
-            groups: p.groups().count(),
-            tiers: p.tiers().count(),
-        }
     }
 }

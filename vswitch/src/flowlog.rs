@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use dfw::compile::PolicySnapshot;
 use dfw::flow::{FiveTuple, IpProtocol};
-use dfw::model::{Action, Direction, RuleId};
+use dfw::model::{Action, Direction, PolicyKey, RuleId};
 use serde::Serialize;
 use tracing::warn;
 
@@ -161,6 +161,9 @@ impl RateLimiter {
 pub struct RuleInfo {
     /// `K8sNP:ns/name`, `ACNP:name`, ... (dfw's `PolicyKey` display form).
     pub policy: String,
+    /// The same key, typed (for the API's flow records).
+    #[serde(skip)]
+    pub policy_key: Option<PolicyKey>,
     pub name: String,
     pub direction: Direction,
     pub action: Action,
@@ -174,7 +177,13 @@ pub struct FlowCatalog {
     pub vnics: HashMap<PortId, String>,
     pub rules: HashMap<RuleId, RuleInfo>,
     pub policies: HashMap<PolicyTag, String>,
+    /// Typed keys of `policies` (for the API's flow records).
+    pub policy_keys: HashMap<PolicyTag, PolicyKey>,
 }
+
+/// Receives every resolved record, with the event and the catalog it was resolved against
+/// and its Unix time (ns): how the API's flow ring is fed. Runs on the writer thread.
+pub type FlowForward = Arc<dyn Fn(&FlowEvent, &FlowRecord, &FlowCatalog, u64) + Send + Sync>;
 
 /// One side of a flow in a record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -320,6 +329,7 @@ pub struct FlowLogStats {
 
 struct Shared {
     catalog: ArcSwap<FlowCatalog>,
+    forward: Mutex<Option<FlowForward>>,
     recent: Mutex<VecDeque<FlowRecord>>,
     written: AtomicU64,
     write_errors: AtomicU64,
@@ -351,6 +361,7 @@ impl FlowLog {
             .unwrap_or(0);
         let shared = Arc::new(Shared {
             catalog: ArcSwap::from_pointee(FlowCatalog::default()),
+            forward: Mutex::new(None),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
             written: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
@@ -383,6 +394,11 @@ impl FlowLog {
     /// Publishes new names (after a policy or vNIC change).
     pub fn set_catalog(&self, catalog: FlowCatalog) {
         self.shared.catalog.store(Arc::new(catalog));
+    }
+
+    /// Forwards every record from now on (replacing an earlier forward).
+    pub fn set_forward(&self, forward: FlowForward) {
+        *lock(&self.shared.forward) = Some(forward);
     }
 
     pub fn catalog(&self) -> Arc<FlowCatalog> {
@@ -485,9 +501,18 @@ fn drain(rx: Receiver<FlowEvent>, shared: &Shared, mut writer: Option<Writer>) {
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let catalog = shared.catalog.load();
+        let forward = lock(&shared.forward).clone();
         let mut n = 0u64;
         for ev in std::iter::once(first).chain(rx.try_iter().take(1024)) {
             let rec = catalog.resolve(&ev, shared.wall_epoch_ns);
+            if let Some(f) = &forward {
+                f(
+                    &ev,
+                    &rec,
+                    &catalog,
+                    shared.wall_epoch_ns.saturating_add(ev.time),
+                );
+            }
             if let Some(w) = writer.as_mut() {
                 if let Err(e) = w.write(&rec) {
                     if shared.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -584,6 +609,7 @@ mod tests {
             RuleId(0xabc),
             RuleInfo {
                 policy: "K8sNP:shop/db".into(),
+                policy_key: None,
                 name: "ingress-0".into(),
                 direction: Direction::Ingress,
                 action: Action::Drop,

@@ -20,6 +20,7 @@ pub mod counters;
 pub mod daemon;
 pub mod dataplane;
 pub mod device;
+pub mod enforcer;
 pub mod filter;
 pub mod firewall;
 pub mod flowlog;

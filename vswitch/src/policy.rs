@@ -81,6 +81,17 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), PolicyLo
     Ok(())
 }
 
+/// Every policy file under `dir` with its text, sorted by path.
+pub fn read_policy_dir(dir: &Path) -> Result<Vec<(PathBuf, String)>, PolicyLoadError> {
+    policy_files(dir)?
+        .into_iter()
+        .map(|f| match std::fs::read_to_string(&f) {
+            Ok(text) => Ok((f, text)),
+            Err(source) => Err(PolicyLoadError::Read { path: f, source }),
+        })
+        .collect()
+}
+
 /// Reads and parses every policy file under `dir` as one set.
 pub fn load_policy_dir(dir: &Path) -> Result<(Vec<PathBuf>, Parsed), PolicyLoadError> {
     let files = policy_files(dir)?;

@@ -107,6 +107,7 @@ impl Setup {
                 labels: [("team".to_owned(), "web".to_owned())].into(),
             }],
             uplink: None,
+            api: None,
             vnics: vec![
                 vnic(dir.path(), 1, "a"),
                 vnic(dir.path(), 2, "b"),
@@ -431,10 +432,7 @@ fn vdfwd_refuses_a_bad_policy_set_naming_every_error() {
         let err = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("vdfwd: ")).collect();
         assert_eq!(lines.len(), 2, "{err}");
-        assert!(
-            lines[0].contains("bad.yaml") && lines[0].contains("line 6"),
-            "{err}"
-        );
+        assert!(lines[0].contains("/bad.yaml:6:"), "{err}");
         assert!(lines[0].contains("podSelecter"), "{err}");
         assert!(
             lines[1].contains("sub/bad2.yaml") && lines[1].contains("action"),

@@ -26,7 +26,7 @@ use super::{Metrics, ServerError};
 
 /// `[api.tcp.tls]`: server certificate and, for mutual TLS, the CA that signs client
 /// certificates.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain (leaf first).

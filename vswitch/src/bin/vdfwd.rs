@@ -5,6 +5,10 @@
 //! policy set that does not parse (or that the engine refuses) is printed error by error and
 //! vdfwd exits with status 2 before serving anything.
 //!
+//! * The REST + gRPC API (`[api]`; default: the unix socket `<state_dir>/api.sock`, mode 0600)
+//!   serves `vdfwctl`: policies, endpoints, namespaces, audit, flows, stats, trace. Everything
+//!   applied through it is stored in `state_dir` (redb) before it is acknowledged and realized
+//!   again at the next start, before any vNIC forwards a packet.
 //! * SIGHUP re-reads `policy_dir` and swaps the policy atomically; existing connections are
 //!   re-checked (cut if no longer allowed). A bad set is logged and the old policy kept.
 //! * `state_dir`: `ports.json` once at start, `counters.json` every second (ports with their
@@ -101,12 +105,21 @@ fn run(args: &Args) -> Result<()> {
     };
     let vnics = cfg.vnics.clone();
     let state_dir = cfg.state_dir.clone();
+    let api_config = cfg.api_config();
     let d = Daemon::start(cfg, mode)?;
     d.log_summary();
-    for v in &vnics {
-        info!(vnic = %v.name, socket = %v.socket.display(), role = ?v.role, mac = %v.mac, "vNIC served");
-    }
     write_atomic(&state_dir, "ports.json", &serde_json::to_value(&vnics)?)?;
+
+    // The API runs on its own small runtime; the data path has its own threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("vdfw-api")
+        .enable_all()
+        .build()
+        .context("starting the API runtime")?;
+    let server = runtime
+        .block_on(api::server::start(d.controller().clone(), &api_config))
+        .context("starting the API server")?;
 
     while !stop.load(Ordering::Acquire) {
         if hup.swap(false, Ordering::AcqRel) {
@@ -147,6 +160,9 @@ fn run(args: &Args) -> Result<()> {
         }
     }
     info!("shutting down");
+    runtime.block_on(async {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await;
+    });
     d.shutdown();
     let _ = write_atomic(
         &state_dir,
