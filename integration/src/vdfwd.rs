@@ -659,6 +659,46 @@ impl Vdfwd {
         self.dir_path.join("policies")
     }
 
+    /// The API's unix socket (vdfwd's default without an `[api]` section).
+    pub fn api_socket(&self) -> PathBuf {
+        self.state_dir().join("api.sock")
+    }
+
+    /// Runs `vdfwctl ARGS` against this vdfwd's API socket (`-o json` is up to the caller).
+    pub fn vdfwctl(&self, args: &[&str]) -> Result<std::process::Output> {
+        let bin = cargo_bin("vdfwctl")?;
+        Command::new(&bin)
+            .env(
+                "VDFW_SERVER",
+                format!("unix:{}", self.api_socket().display()),
+            )
+            .args(args)
+            .output()
+            .map_err(|e| Error::io(format!("running {}", bin.display()), e))
+    }
+
+    /// `vdfwctl -o json ARGS`, which must succeed; its stdout parsed as JSON.
+    pub fn vdfwctl_json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = vec!["-o", "json"];
+        all.extend_from_slice(args);
+        let out = self.vdfwctl(&all)?;
+        if !out.status.success() {
+            return Err(Error::Vdfwd {
+                message: format!(
+                    "vdfwctl {}: {}\n{}",
+                    all.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                log: self.log_tail(),
+            });
+        }
+        serde_json::from_slice(&out.stdout).map_err(|_| Error::UnexpectedOutput {
+            command: format!("vdfwctl {}", all.join(" ")),
+            output: String::from_utf8_lossy(&out.stdout).into_owned(),
+        })
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir_path.join("vdfwd.log")
     }
