@@ -10,6 +10,9 @@
 //! 3. audit: `vdfwctl audit on --policy` forwards what that policy drops and reports it with
 //!    verdict AUDIT and the rule that would have dropped it; `audit off` enforces again.
 //!
+//! 4. metrics: `/metrics` on the API socket counts packets and policy drops per vNIC and
+//!    sessions per rule for that traffic.
+//!
 //! Needs root and QEMU: without them this test FAILS naming `install-deps.sh`.
 
 mod common;
@@ -272,4 +275,42 @@ fn observe_audit_and_generated_policy_with_real_guests() {
         "audit off: no-9090 drops again",
     );
     clock.step("audit on forwards and reports, audit off enforces");
+
+    // --- 4. Prometheus metrics for that traffic ---------------------------------------------
+    let metrics = scrape(&vd);
+    let value = |prefix: &str, needles: &[&str]| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix) && needles.iter().all(|n| l.contains(n)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let client_tx = value(
+        "vdfw_vnic_packets_total",
+        &["lab/client", "direction=\"tx\""],
+    );
+    let denied = value("vdfw_vnic_drops_total", &["POLICY_DENIED"]);
+    let rule_hits = value("vdfw_rule_sessions_total", &["rule=\"no-9090\""]);
+    eprintln!(
+        "    metrics: client tx {client_tx}, policy drops {denied}, no-9090 sessions {rule_hits}"
+    );
+    assert!(client_tx > 0, "no tx packets for lab/client:\n{metrics}");
+    assert!(denied > 0, "no POLICY_DENIED drops counted:\n{metrics}");
+    assert!(rule_hits > 0, "no sessions for rule no-9090:\n{metrics}");
+    assert!(
+        metrics.contains("vdfw_api_request_duration_seconds_bucket"),
+        "no API latency histogram:\n{metrics}"
+    );
+}
+
+/// `GET /metrics` over the API's unix socket (HTTP/1.0: the body ends at EOF).
+fn scrape(vd: &Vdfwd) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(vd.api_socket()).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: vdfwd\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.0 200"), "{out}");
+    out
 }

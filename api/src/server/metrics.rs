@@ -15,6 +15,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use super::AppState;
@@ -34,6 +35,22 @@ pub struct Metrics {
     namespaces: Gauge,
     applies: Family<Labels, Counter>,
     flows: Family<Labels, Counter>,
+    /// API call latency by HTTP method.
+    pub request_seconds: Family<Labels, Histogram>,
+    vnic_packets: Family<Labels, Counter>,
+    vnic_bytes: Family<Labels, Counter>,
+    vnic_drops: Family<Labels, Counter>,
+    vnic_connected: Family<Labels, Gauge>,
+    rule_packets: Family<Labels, Counter>,
+    rule_bytes: Family<Labels, Counter>,
+    rule_sessions: Family<Labels, Counter>,
+    conntrack_entries: Gauge,
+    enforced_revision: Gauge,
+}
+
+fn new_histogram() -> Histogram {
+    // 100 µs .. ~13 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
 impl Default for Metrics {
@@ -68,6 +85,16 @@ impl Metrics {
             namespaces: Gauge::default(),
             applies: Family::default(),
             flows: Family::default(),
+            request_seconds: Family::new_with_constructor(new_histogram),
+            vnic_packets: Family::default(),
+            vnic_bytes: Family::default(),
+            vnic_drops: Family::default(),
+            vnic_connected: Family::default(),
+            rule_packets: Family::default(),
+            rule_bytes: Family::default(),
+            rule_sessions: Family::default(),
+            conntrack_entries: Gauge::default(),
+            enforced_revision: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,7 +139,111 @@ impl Metrics {
             "Flow records received from the data plane, by verdict",
             m.flows.clone(),
         );
+        registry.register(
+            "api_request_duration_seconds",
+            "API call latency, by HTTP method",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "vnic_packets",
+            "Packets per vNIC, by direction (tx: sent by the VM, rx: delivered to it)",
+            m.vnic_packets.clone(),
+        );
+        registry.register(
+            "vnic_bytes",
+            "Bytes per vNIC, by direction",
+            m.vnic_bytes.clone(),
+        );
+        registry.register(
+            "vnic_drops",
+            "Frames dropped per vNIC, by reason",
+            m.vnic_drops.clone(),
+        );
+        registry.register(
+            "vnic_connected",
+            "1 while a VMM is attached to the vNIC's vhost-user socket",
+            m.vnic_connected.clone(),
+        );
+        registry.register(
+            "rule_packets",
+            "Packets of connections each rule decided (stable rule id)",
+            m.rule_packets.clone(),
+        );
+        registry.register(
+            "rule_bytes",
+            "Bytes of connections each rule decided",
+            m.rule_bytes.clone(),
+        );
+        registry.register(
+            "rule_sessions",
+            "Connections each rule decided (its hits)",
+            m.rule_sessions.clone(),
+        );
+        registry.register(
+            "conntrack_entries",
+            "Tracked connections, all vNICs",
+            m.conntrack_entries.clone(),
+        );
+        registry.register(
+            "enforced_revision",
+            "Store revision the data plane enforces",
+            m.enforced_revision.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// Data-plane counters, read at scrape time. A vNIC re-created under the same name
+    /// restarts its counters at zero; they are only raised again once they pass the value
+    /// already exported (Prometheus counters never go down).
+    fn sync_data_plane(&self, c: &Controller) {
+        let Ok(Some(stats)) = c.data_plane_stats() else {
+            return;
+        };
+        for v in &stats.vnics {
+            let ep = v.endpoint.to_string();
+            let l = |extra: (&str, &str)| {
+                vec![
+                    ("endpoint".to_string(), ep.clone()),
+                    (extra.0.to_string(), extra.1.to_string()),
+                ]
+            };
+            raise(
+                &self.vnic_packets.get_or_create(&l(("direction", "tx"))),
+                v.tx_packets,
+            );
+            raise(
+                &self.vnic_packets.get_or_create(&l(("direction", "rx"))),
+                v.rx_packets,
+            );
+            raise(
+                &self.vnic_bytes.get_or_create(&l(("direction", "tx"))),
+                v.tx_bytes,
+            );
+            raise(
+                &self.vnic_bytes.get_or_create(&l(("direction", "rx"))),
+                v.rx_bytes,
+            );
+            for (reason, n) in &v.drops {
+                raise(&self.vnic_drops.get_or_create(&l(("reason", reason))), *n);
+            }
+            self.vnic_connected
+                .get_or_create(&label("endpoint", &ep))
+                .set(i64::from(v.connected));
+        }
+        for r in &stats.rules {
+            let l = vec![
+                ("policy".to_string(), r.policy.to_string()),
+                ("rule".to_string(), r.rule.clone()),
+                ("rule_id".to_string(), r.rule_id.to_string()),
+            ];
+            raise(&self.rule_packets.get_or_create(&l), r.packets);
+            raise(&self.rule_bytes.get_or_create(&l), r.bytes);
+            raise(&self.rule_sessions.get_or_create(&l), r.sessions);
+        }
+        self.conntrack_entries
+            .set(i64::try_from(stats.conntrack_entries).unwrap_or(i64::MAX));
+        self.enforced_revision
+            .set(i64::try_from(stats.enforced_revision).unwrap_or(i64::MAX));
     }
 
     /// Renders the registry after syncing the scrape-time values from the controller.
@@ -148,6 +279,7 @@ impl Metrics {
                 n,
             );
         }
+        self.sync_data_plane(c);
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -174,7 +306,14 @@ pub async fn count_requests(
     req: Request<Body>,
     next: Next,
 ) -> Response {
+    let method = req.method().as_str().to_string();
+    let t0 = std::time::Instant::now();
     let resp = next.run(req).await;
+    state
+        .metrics
+        .request_seconds
+        .get_or_create(&label("method", &method))
+        .observe(t0.elapsed().as_secs_f64());
     state
         .metrics
         .requests
