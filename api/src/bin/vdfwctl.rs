@@ -848,9 +848,20 @@ fn print_stats(s: &Value) {
         );
     }
     for r in dp["rules"].as_array().into_iter().flatten() {
+        let policy = serde_json::from_value::<dfw::model::PolicyKey>(r["policy"].clone())
+            .map(|k| k.to_string())
+            .unwrap_or_else(|_| r["policy"].to_string());
         println!(
-            "rule {} {} hits {} packets {} bytes {} sessions {}",
-            r["rule_id"], r["rule"], r["hits"], r["packets"], r["bytes"], r["sessions"]
+            "rule {} {policy} {} hits {} packets {} bytes {} sessions {}",
+            r["rule_id"]
+                .as_u64()
+                .map(|id| dfw::model::RuleId(id).to_string())
+                .unwrap_or_else(|| r["rule_id"].to_string()),
+            r["rule"],
+            r["hits"],
+            r["packets"],
+            r["bytes"],
+            r["sessions"]
         );
     }
 }
