@@ -127,6 +127,25 @@ fn main() -> Result<()> {
         vd.flows().len()
     );
 
+    say("The same through the API (vdfwctl over vdfwd's unix socket): policies, then observe");
+    for args in [
+        &["get", "policies"][..],
+        &["observe", "--namespace", "payments", "--last", "6"][..],
+    ] {
+        println!("    $ vdfwctl {}", args.join(" "));
+        let out = vd.vdfwctl(args).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if !out.status.success() {
+            bail!(
+                "vdfwctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("    {line}");
+        }
+    }
+
     say(&format!(
         "Done in {:.0}s. Everything (vdfwd, guests, sockets) is cleaned up on exit.",
         started.elapsed().as_secs_f64()
