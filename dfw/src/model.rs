@@ -475,6 +475,17 @@ pub enum AppliedTo {
     Group(GroupKey),
 }
 
+/// Endpoints a policy isolates in some directions, apart from its policy-level appliedTo (see
+/// [`Policy::subject_isolation`]). Cilium semantics: each spec's `endpointSelector` isolates
+/// the endpoints it picks in the directions that spec has rules for (or `enableDefaultDeny`
+/// turns on), and only in those.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectIsolation {
+    pub applied_to: Vec<AppliedTo>,
+    /// Non-empty: a subject isolated in no direction is not listed.
+    pub directions: Vec<Direction>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     pub key: PolicyKey,
@@ -482,14 +493,18 @@ pub struct Policy {
     /// Policy-level appliedTo / podSelector / endpointSelector. Empty when every rule carries
     /// its own (Antrea per-rule appliedTo).
     pub applied_to: Vec<AppliedTo>,
-    /// Directions in which the selected endpoints become isolated (default-deny for what the
-    /// rules do not allow): K8s `policyTypes`; Cilium directions that have rules. Antrea
-    /// policies isolate nothing: their rules are explicit.
-    ///
-    /// When `applied_to` is empty (every rule carries its own `applied_to`: a Cilium policy
-    /// with several `specs` selecting different endpoints), a direction listed here isolates
-    /// the endpoints that the rules *of that direction* apply to.
+    /// Directions in which the endpoints of `applied_to` become isolated (default-deny for
+    /// what the rules do not allow): K8s `policyTypes`; Cilium directions that have rules (or
+    /// `enableDefaultDeny`). Antrea policies isolate nothing: their rules are explicit.
     pub isolates: Vec<Direction>,
+    /// Further subjects this policy isolates, each in its own directions, independently of
+    /// `applied_to`: a Cilium policy whose `specs` select different endpoints has an empty
+    /// `applied_to`, rules that each carry their spec's subject, and one entry here per spec.
+    /// An endpoint is isolated in a direction when `applied_to` picks it and `isolates` lists
+    /// the direction, or when any entry here picks it and lists the direction. Only
+    /// [`Layer::Kubernetes`] policies isolate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_isolation: Vec<SubjectIsolation>,
     /// In order: rule order matters for Antrea (first match wins).
     pub rules: Vec<Rule>,
     /// Audit mode: would-be drops by this policy are forwarded and reported as `audit`.

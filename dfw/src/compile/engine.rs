@@ -123,6 +123,9 @@ struct PolicyState {
     pref: Arc<PolicyRef>,
     layer: ResolvedLayer,
     applied: Vec<SelectorId>,
+    /// [`Policy::subject_isolation`] resolved: selectors and the directions
+    /// (`[ingress, egress]`) they isolate.
+    subjects: Vec<(Vec<SelectorId>, [bool; 2])>,
     rules: Vec<CRule>,
     group_refs: BTreeSet<GroupKey>,
 }
@@ -136,11 +139,15 @@ impl PolicyState {
     }
 
     fn all_applied(&self) -> impl Iterator<Item = SelectorId> + '_ {
-        self.applied.iter().copied().chain(
-            self.rules
-                .iter()
-                .flat_map(|r| r.applied.iter().flatten().copied()),
-        )
+        self.applied
+            .iter()
+            .copied()
+            .chain(self.subjects.iter().flat_map(|(s, _)| s.iter().copied()))
+            .chain(
+                self.rules
+                    .iter()
+                    .flat_map(|r| r.applied.iter().flatten().copied()),
+            )
     }
 }
 
@@ -1156,6 +1163,17 @@ impl Engine {
             PolicyKind::CiliumNetworkPolicy | PolicyKind::CiliumClusterwideNetworkPolicy
         );
         let applied = self.applied_selectors(&policy.applied_to, pid);
+        let subjects = policy
+            .subject_isolation
+            .iter()
+            .map(|s| {
+                let dirs = [
+                    s.directions.contains(&Direction::Ingress),
+                    s.directions.contains(&Direction::Egress),
+                ];
+                (self.applied_selectors(&s.applied_to, pid), dirs)
+            })
+            .collect();
         let mut rules = Vec::with_capacity(policy.rules.len());
         for (index, r) in policy.rules.iter().enumerate() {
             for u in &r.unenforced {
@@ -1240,6 +1258,7 @@ impl Engine {
             pref,
             layer,
             applied,
+            subjects,
             rules,
             group_refs,
         });
@@ -1316,9 +1335,23 @@ impl Engine {
                 continue;
             };
             let policy_applies = p.applied.iter().any(|s| st.matched.contains(s));
-            if policy_applies && p.layer == ResolvedLayer::Kubernetes {
-                for d in &p.policy.isolates {
-                    isolation[dir_idx(*d)].push(&p.pref);
+            if p.layer == ResolvedLayer::Kubernetes {
+                let mut iso = [false; 2];
+                if policy_applies {
+                    for d in &p.policy.isolates {
+                        iso[dir_idx(*d)] = true;
+                    }
+                }
+                for (sels, dirs) in &p.subjects {
+                    if sels.iter().any(|s| st.matched.contains(s)) {
+                        iso[0] |= dirs[0];
+                        iso[1] |= dirs[1];
+                    }
+                }
+                for (i, on) in iso.into_iter().enumerate() {
+                    if on {
+                        isolation[i].push(&p.pref);
+                    }
                 }
             }
             let (tier_priority, priority) = match &p.layer {

@@ -323,7 +323,12 @@ pub(crate) fn decide(
     // 3. Isolation.
     let isolating: Vec<&&Policy> = k8s
         .iter()
-        .filter(|p| p.isolates.contains(&dir) && cx.applied(&p.applied_to, local))
+        .filter(|p| {
+            (p.isolates.contains(&dir) && cx.applied(&p.applied_to, local))
+                || p.subject_isolation
+                    .iter()
+                    .any(|s| s.directions.contains(&dir) && cx.applied(&s.applied_to, local))
+        })
         .collect();
     if let Some(first) = isolating.first() {
         return RefDecision {

@@ -388,6 +388,7 @@ pub(crate) fn translate_policy(
             layer,
             applied_to,
             isolates: Vec::new(),
+            subject_isolation: Vec::new(),
             rules,
             audit: meta.audit,
             source: cx.source.clone(),

@@ -210,6 +210,7 @@ fn finish(
         layer,
         applied_to,
         isolates,
+        subject_isolation: Vec::new(),
         rules,
         audit: false,
         source: Source::default(),
