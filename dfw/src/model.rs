@@ -181,6 +181,52 @@ impl fmt::Display for EndpointKey {
     }
 }
 
+/// Names a Kubernetes Service: `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Kubernetes Service, reduced to what policy needs: which endpoints back it. Its backends
+/// are the endpoints (VMs and pods alike) of its namespace whose labels match `selector`, as
+/// the Kubernetes endpoints controller picks them. An empty selector is a Service without
+/// one (its Endpoints are managed by hand, which vdfw does not model): it has no backends.
+/// Antrea groups name Services through `serviceReference`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Labels,
+}
+
+impl Service {
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The endpoints backing the Service, as a selector; `None` when it selects nothing.
+    pub fn backends(&self) -> Option<EndpointSelector> {
+        (!self.selector.is_empty()).then(|| EndpointSelector {
+            namespaces: NamespaceScope::Named(self.namespace.clone()),
+            labels: LabelSelector {
+                match_labels: self.selector.clone(),
+                match_expressions: Vec::new(),
+            },
+            kinds: KindFilter::Any,
+        })
+    }
+}
+
 /// A namespace and its labels. `kubernetes.io/metadata.name` is implied, never stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
@@ -517,13 +563,18 @@ pub struct Policy {
 // ---------------------------------------------------------------------------------------------
 
 /// An Antrea ClusterGroup (namespace `None`) or Group. Members are the union of the selector,
-/// the IP blocks and the child groups.
+/// the IP blocks, the backends of the referenced Service and the child groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
     pub key: GroupKey,
     pub selector: Option<EndpointSelector>,
     pub ip_blocks: Vec<IpBlock>,
     pub child_groups: Vec<GroupKey>,
+    /// Antrea `serviceReference`: the endpoints backing this Service (see [`Service`]),
+    /// resolved against the Services the engine knows, and kept current as they change. A
+    /// Service the engine does not know (yet) contributes no members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceKey>,
     pub source: Source,
 }
 

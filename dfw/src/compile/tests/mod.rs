@@ -325,6 +325,7 @@ pub(crate) fn cluster_group(
                 name: c.to_string(),
             })
             .collect(),
+        service: None,
         source: Source::default(),
     }
 }

@@ -1125,3 +1125,141 @@ specs:
         .unwrap();
     lab.check(&[("x/a", "y/a", Tcp, 80, A), ("y/db", "x/a", Tcp, 80, A)]);
 }
+
+fn service(ns: &str, name: &str, selector: &[(&str, &str)]) -> Service {
+    Service {
+        namespace: ns.into(),
+        name: name.into(),
+        selector: labels(selector),
+    }
+}
+
+#[test]
+fn antrea_service_reference_groups_follow_the_service_backends() {
+    let mut lab = Lab::cyclonus(EngineConfig::default());
+    // The Service exists before the group: y's b endpoints back it.
+    assert_eq!(
+        lab.engine
+            .upsert_service(service("y", "web", &[("pod", "b")])),
+        0
+    );
+    apply_yaml(
+        &mut lab,
+        "apiVersion: crd.antrea.io/v1beta1
+kind: ClusterGroup
+metadata: {name: web-backends}
+spec:
+  serviceReference: {name: web, namespace: y}
+---
+apiVersion: crd.antrea.io/v1beta1
+kind: ClusterGroup
+metadata: {name: parent}
+spec:
+  childGroups: [web-backends]
+---
+# The backends accept only x/a on TCP 80 ...
+apiVersion: crd.antrea.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: protect-web}
+spec:
+  priority: 1
+  tier: securityops
+  appliedTo: [{group: web-backends}]
+  ingress:
+    - action: Allow
+      from: [{podSelector: {matchLabels: {pod: a}}, namespaceSelector: {matchLabels: {ns: x}}}]
+      ports: [{protocol: TCP, port: 80}]
+    - action: Drop
+---
+# ... and z/c may not reach them (through the parent group, as a peer).
+apiVersion: crd.antrea.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: z-c-out}
+spec:
+  priority: 2
+  tier: emergency
+  appliedTo: [{podSelector: {matchLabels: {pod: c}}, namespaceSelector: {matchLabels: {ns: z}}}]
+  egress:
+    - action: Reject
+      to: [{group: parent}]
+",
+    );
+    let expect = |backend: &'static str| {
+        move |s: &str, d: &str, p: IpProtocol, port: u16| {
+            if d == backend {
+                if s == "z/c" {
+                    J
+                } else {
+                    yes(s == "x/a" && p == Tcp && port == 80)
+                }
+            } else {
+                A
+            }
+        }
+    };
+    lab.matrix(&PORTS, &PROTOS, expect("y/b"));
+    // The Service's selector changes: the groups follow, the policies using them are
+    // recompiled (both, through the child group too).
+    assert_eq!(
+        lab.engine
+            .upsert_service(service("y", "web", &[("pod", "c")])),
+        2
+    );
+    lab.matrix(&PORTS, &PROTOS, expect("y/c"));
+    // A Service without a selector has no backends; nor has a removed one.
+    lab.engine.upsert_service(service("y", "web", &[]));
+    lab.matrix(&PORTS, &PROTOS, |_, _, _, _| A);
+    lab.engine
+        .upsert_service(service("y", "web", &[("pod", "a")]));
+    lab.matrix(&PORTS, &PROTOS, expect("y/a"));
+    assert!(lab.engine.remove_service(&ServiceKey {
+        namespace: "y".into(),
+        name: "web".into()
+    }));
+    lab.matrix(&PORTS, &PROTOS, |_, _, _, _| A);
+}
+
+#[test]
+fn antrea_service_reference_to_unknown_service_warns_and_has_no_members() {
+    let mut lab = Lab::cyclonus(EngineConfig::default());
+    let parsed = crate::crd::parse_documents(
+        "apiVersion: crd.antrea.io/v1beta1
+kind: Group
+metadata: {name: db, namespace: x}
+spec:
+  serviceReference: {name: db}
+---
+apiVersion: crd.antrea.io/v1beta1
+kind: NetworkPolicy
+metadata: {name: db-out, namespace: x}
+spec:
+  priority: 1
+  appliedTo: [{podSelector: {}}]
+  egress:
+    - action: Drop
+      to: [{group: db}]
+",
+        "t.yaml",
+    )
+    .unwrap();
+    let report = lab.engine.apply(parsed.objects).unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("Service x/db is not in the inventory")),
+        "{:?}",
+        report.warnings
+    );
+    lab.matrix(&PORTS, &PROTOS, |_, _, _, _| A);
+    // Once the Service appears, its backends (x's a endpoints only: a Service selects in its
+    // own namespace) are members.
+    assert_eq!(
+        lab.engine
+            .upsert_service(service("x", "db", &[("pod", "a")])),
+        1
+    );
+    lab.matrix(&PORTS, &PROTOS, |s, d, _, _| {
+        yes(!(ns_of(s) == "x" && d == "x/a"))
+    });
+}
