@@ -9,6 +9,9 @@
 //!   random access pattern, as this machine's reference point.
 //! - `new_connection/syn_commit`: first packet (SYN) of a new connection, decision closure and
 //!   insert, with `expire(now, 2)` per packet keeping the table at a steady ~100k entries.
+//! - `growth/fill_1M_{presized,growing}`: 1M new connections into a table pre-sized for them
+//!   or growing from 1024; time per insert, and the longest single insert (the biggest
+//!   index rebuild) printed.
 //! - Memory per connection is printed (counting global allocator and `memory_bytes()`).
 //!
 //! Run: `cargo bench -p dfw --bench conntrack -- --measurement-time 3 --warm-up-time 1`
@@ -323,7 +326,50 @@ fn new_connection(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, established, new_connection, baseline);
+/// Filling a table with `n` new connections from an `initial_capacity` of 1024 (growing:
+/// the slab doubles and the index is rebuilt several times) against a pre-sized table. Time
+/// is per insert; the longest single insert of the last fill (the biggest rebuild) is printed.
+fn growth(c: &mut Criterion) {
+    let mut group = c.benchmark_group("growth");
+    group.sample_size(10);
+    let n: u32 = 1 << 20;
+    group.throughput(Throughput::Elements(u64::from(n)));
+    for (name, prealloc) in [("fill_1M_presized", true), ("fill_1M_growing", false)] {
+        let mut worst = std::time::Duration::ZERO;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let mut ct = ConnTrack::new(CtConfig {
+                        max_entries: n,
+                        max_entries_per_zone: n,
+                        initial_capacity: if prealloc { n } else { 1024 },
+                        hash_seed: Some(1),
+                        ..CtConfig::default()
+                    })
+                    .expect("valid config");
+                    worst = std::time::Duration::ZERO;
+                    let start = std::time::Instant::now();
+                    for i in 0..n {
+                        let s = isn(i);
+                        let syn = PacketMeta::tcp(tuple(i), TcpFlags::SYN, s[0], 0, 64_240, 0);
+                        let t0 = std::time::Instant::now();
+                        let v = ct.process(zone(i), &syn, 0, |_| Decision::Allow { mark: 1 });
+                        worst = worst.max(t0.elapsed());
+                        black_box(v);
+                    }
+                    total += start.elapsed();
+                    assert_eq!(ct.len(), n as usize);
+                }
+                total
+            })
+        });
+        println!("growth/{name}: longest single insert {worst:?}");
+    }
+    group.finish();
+}
+
+criterion_group!(benches, established, new_connection, baseline, growth);
 
 fn main() {
     benches();

@@ -256,6 +256,7 @@ impl Gen {
                 layer: Layer::Kubernetes,
                 applied_to: app_sel(NamespaceScope::Named(ns_name(ns))),
                 isolates: vec![Direction::Ingress],
+                subject_isolation: vec![],
                 rules: self.rules(nrules, Some(ns), &[Action::Allow]),
                 audit: false,
                 source,
@@ -273,6 +274,7 @@ impl Gen {
                 },
                 applied_to: app_sel(NamespaceScope::Any),
                 isolates: vec![],
+                subject_isolation: vec![],
                 rules: self.rules(
                     nrules,
                     None,
@@ -290,6 +292,7 @@ impl Gen {
                 layer: Layer::Kubernetes,
                 applied_to: app_sel(NamespaceScope::Named(ns_name(ns))),
                 isolates: vec![Direction::Ingress, Direction::Egress],
+                subject_isolation: vec![],
                 rules: self.rules(
                     nrules,
                     Some(ns),
@@ -326,6 +329,7 @@ fn cluster_wide(next_rule: &mut u64) -> Vec<Policy> {
         },
         applied_to: everyone.clone(),
         isolates: vec![],
+        subject_isolation: vec![],
         rules: vec![rule(
             id(),
             Direction::Egress,
@@ -355,6 +359,7 @@ fn cluster_wide(next_rule: &mut u64) -> Vec<Policy> {
                 kinds: KindFilter::Any,
             })],
             isolates: vec![],
+            subject_isolation: vec![],
             rules: vec![
                 rule(
                     id(),

@@ -8,7 +8,13 @@
 //! endpoints:
 //!   - {name: payments-api, namespace: payments, kind: vm, labels: {app: payments-api},
 //!      ips: [10.0.1.5], mac: "52:54:00:00:01:05", ports: {http: 8080, dns: {port: 53, protocol: UDP}}}
+//! services:
+//!   - {name: payments, namespace: payments, selector: {app: payments-api}}
 //! ```
+//!
+//! Services exist for Antrea groups' `serviceReference`: a Service's backends are the
+//! endpoints of its namespace whose labels include its `selector` (see
+//! [`crate::model::Service`]).
 //!
 //! Defaults and checks: `namespace` defaults to `default` and `kind` to `vm`; a named port is
 //! a number (TCP) or `{port, protocol}`; namespaces referenced by endpoints but not declared
@@ -21,16 +27,19 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compile::{Engine, EngineError};
 use crate::crd::meta::{self, IntOrString, DEFAULT_NAMESPACE};
 use crate::crd::{yaml, ErrorKind, ParseError};
 use crate::flow::IpProtocol;
-use crate::model::{Endpoint, EndpointKind, Labels, NamedPort, Namespace};
+use crate::model::{Endpoint, EndpointKind, Labels, NamedPort, Namespace, Service};
 
-/// Namespaces (declared and implied, in order of first mention) and endpoints.
+/// Namespaces (declared and implied, in order of first mention), endpoints and Services.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     pub namespaces: Vec<Namespace>,
     pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub services: Vec<Service>,
 }
 
 impl Inventory {
@@ -42,6 +51,21 @@ impl Inventory {
         self.endpoints
             .iter()
             .find(|e| e.namespace == namespace && e.name == name)
+    }
+
+    /// Feeds everything into `engine` (namespaces, endpoints, then Services). Stops at the
+    /// first endpoint the engine refuses (an address owned by another endpoint).
+    pub fn load_into(self, engine: &mut Engine) -> Result<(), EngineError> {
+        for ns in self.namespaces {
+            engine.upsert_namespace(ns);
+        }
+        for ep in self.endpoints {
+            engine.upsert_endpoint(ep)?;
+        }
+        for svc in self.services {
+            engine.upsert_service(svc);
+        }
+        Ok(())
     }
 
     /// The endpoint owning `ip`, if any.
@@ -57,6 +81,18 @@ struct RawInventory {
     namespaces: Option<Vec<RawNamespace>>,
     #[serde(default)]
     endpoints: Option<Vec<RawEndpoint>>,
+    #[serde(default)]
+    services: Option<Vec<RawService>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    selector: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +294,37 @@ fn build(root: &yaml::Node) -> Result<Inventory, crate::crd::error::Invalid> {
             named_ports,
         });
     }
+
+    let mut svc_seen = BTreeSet::new();
+    for (i, svc) in raw.services.iter().flatten().enumerate() {
+        let p = path.key("services").idx(i);
+        // Service names are DNS labels.
+        meta::dns_label(&svc.name, &p.key("name"))?;
+        let namespace = svc
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        meta::dns_label(&namespace, &p.key("namespace"))?;
+        let key = format!("{namespace}/{}", svc.name);
+        if !svc_seen.insert(key.clone()) {
+            return Err(Invalid::new(
+                &p.key("name"),
+                ErrorKind::Duplicate,
+                format!("service {key} is declared twice"),
+            ));
+        }
+        if ns_seen.insert(namespace.clone()) {
+            inv.namespaces.push(Namespace {
+                name: namespace.clone(),
+                labels: Labels::new(),
+            });
+        }
+        inv.services.push(Service {
+            name: svc.name.clone(),
+            namespace,
+            selector: labels(svc.selector.as_ref(), &p.key("selector"))?,
+        });
+    }
     Ok(inv)
 }
 
@@ -348,6 +415,42 @@ endpoints:
         let probe = inv.endpoint("default", "probe").unwrap();
         assert_eq!(probe.kind, EndpointKind::Pod);
         assert!(inv.endpoint_by_ip("10.9.9.9".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn services_parse_and_load() {
+        let text = format!(
+            "{SAMPLE}services:\n  - {{name: api, namespace: payments, selector: {{app: payments-api}}}}\n  - {{name: manual, namespace: billing}}\n"
+        );
+        let inv = parse_inventory(&text, "inv.yaml").unwrap();
+        assert_eq!(
+            inv.services,
+            vec![
+                Service {
+                    namespace: "payments".into(),
+                    name: "api".into(),
+                    selector: Labels::from([("app".into(), "payments-api".into())]),
+                },
+                Service {
+                    namespace: "billing".into(),
+                    name: "manual".into(),
+                    selector: Labels::new(),
+                },
+            ]
+        );
+        // A Service's namespace is implied like an endpoint's.
+        assert!(inv.namespace("billing").is_some());
+        let mut engine = Engine::default();
+        inv.load_into(&mut engine).unwrap();
+        assert_eq!(engine.services().count(), 2);
+        assert_eq!(engine.endpoints().count(), 3);
+        let e = err("services:\n  - {name: a}\n  - {name: a, namespace: default}\n");
+        assert_eq!(e.kind, ErrorKind::Duplicate);
+        assert_eq!(e.path, "services[1].name");
+        let e = err("services:\n  - {name: a, selector: {'bad key!': x}}\n");
+        assert_eq!(e.path, "services[0].selector[\"bad key!\"]");
+        let e = err("services:\n  - {name: a, ports: [80]}\n");
+        assert_eq!(e.kind, ErrorKind::UnknownField);
     }
 
     #[test]

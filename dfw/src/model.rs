@@ -181,6 +181,52 @@ impl fmt::Display for EndpointKey {
     }
 }
 
+/// Names a Kubernetes Service: `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Kubernetes Service, reduced to what policy needs: which endpoints back it. Its backends
+/// are the endpoints (VMs and pods alike) of its namespace whose labels match `selector`, as
+/// the Kubernetes endpoints controller picks them. An empty selector is a Service without
+/// one (its Endpoints are managed by hand, which vdfw does not model): it has no backends.
+/// Antrea groups name Services through `serviceReference`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Labels,
+}
+
+impl Service {
+    pub fn key(&self) -> ServiceKey {
+        ServiceKey {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// The endpoints backing the Service, as a selector; `None` when it selects nothing.
+    pub fn backends(&self) -> Option<EndpointSelector> {
+        (!self.selector.is_empty()).then(|| EndpointSelector {
+            namespaces: NamespaceScope::Named(self.namespace.clone()),
+            labels: LabelSelector {
+                match_labels: self.selector.clone(),
+                match_expressions: Vec::new(),
+            },
+            kinds: KindFilter::Any,
+        })
+    }
+}
+
 /// A namespace and its labels. `kubernetes.io/metadata.name` is implied, never stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Namespace {
@@ -475,6 +521,17 @@ pub enum AppliedTo {
     Group(GroupKey),
 }
 
+/// Endpoints a policy isolates in some directions, apart from its policy-level appliedTo (see
+/// [`Policy::subject_isolation`]). Cilium semantics: each spec's `endpointSelector` isolates
+/// the endpoints it picks in the directions that spec has rules for (or `enableDefaultDeny`
+/// turns on), and only in those.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectIsolation {
+    pub applied_to: Vec<AppliedTo>,
+    /// Non-empty: a subject isolated in no direction is not listed.
+    pub directions: Vec<Direction>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     pub key: PolicyKey,
@@ -482,14 +539,18 @@ pub struct Policy {
     /// Policy-level appliedTo / podSelector / endpointSelector. Empty when every rule carries
     /// its own (Antrea per-rule appliedTo).
     pub applied_to: Vec<AppliedTo>,
-    /// Directions in which the selected endpoints become isolated (default-deny for what the
-    /// rules do not allow): K8s `policyTypes`; Cilium directions that have rules. Antrea
-    /// policies isolate nothing: their rules are explicit.
-    ///
-    /// When `applied_to` is empty (every rule carries its own `applied_to`: a Cilium policy
-    /// with several `specs` selecting different endpoints), a direction listed here isolates
-    /// the endpoints that the rules *of that direction* apply to.
+    /// Directions in which the endpoints of `applied_to` become isolated (default-deny for
+    /// what the rules do not allow): K8s `policyTypes`; Cilium directions that have rules (or
+    /// `enableDefaultDeny`). Antrea policies isolate nothing: their rules are explicit.
     pub isolates: Vec<Direction>,
+    /// Further subjects this policy isolates, each in its own directions, independently of
+    /// `applied_to`: a Cilium policy whose `specs` select different endpoints has an empty
+    /// `applied_to`, rules that each carry their spec's subject, and one entry here per spec.
+    /// An endpoint is isolated in a direction when `applied_to` picks it and `isolates` lists
+    /// the direction, or when any entry here picks it and lists the direction. Only
+    /// [`Layer::Kubernetes`] policies isolate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subject_isolation: Vec<SubjectIsolation>,
     /// In order: rule order matters for Antrea (first match wins).
     pub rules: Vec<Rule>,
     /// Audit mode: would-be drops by this policy are forwarded and reported as `audit`.
@@ -502,13 +563,18 @@ pub struct Policy {
 // ---------------------------------------------------------------------------------------------
 
 /// An Antrea ClusterGroup (namespace `None`) or Group. Members are the union of the selector,
-/// the IP blocks and the child groups.
+/// the IP blocks, the backends of the referenced Service and the child groups.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
     pub key: GroupKey,
     pub selector: Option<EndpointSelector>,
     pub ip_blocks: Vec<IpBlock>,
     pub child_groups: Vec<GroupKey>,
+    /// Antrea `serviceReference`: the endpoints backing this Service (see [`Service`]),
+    /// resolved against the Services the engine knows, and kept current as they change. A
+    /// Service the engine does not know (yet) contributes no members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceKey>,
     pub source: Source,
 }
 

@@ -21,7 +21,7 @@ use crate::identity::{Identity, IdentityAllocator, IdentityKey, IpCache};
 use crate::model::{
     Action, AppliedTo, Direction, Endpoint, EndpointKey, EndpointKind, EndpointSelector, Entity,
     Group, GroupKey, IpBlock, KindFilter, Labels, Namespace, NamespaceScope, Object, Peer, Peers,
-    Policy, PolicyKey, PolicyKind, Tier, NAMESPACE_NAME_LABEL,
+    Policy, PolicyKey, PolicyKind, Service, ServiceKey, Tier, NAMESPACE_NAME_LABEL,
 };
 
 /// Engine-wide settings.
@@ -123,6 +123,9 @@ struct PolicyState {
     pref: Arc<PolicyRef>,
     layer: ResolvedLayer,
     applied: Vec<SelectorId>,
+    /// [`Policy::subject_isolation`] resolved: selectors and the directions
+    /// (`[ingress, egress]`) they isolate.
+    subjects: Vec<(Vec<SelectorId>, [bool; 2])>,
     rules: Vec<CRule>,
     group_refs: BTreeSet<GroupKey>,
 }
@@ -136,11 +139,15 @@ impl PolicyState {
     }
 
     fn all_applied(&self) -> impl Iterator<Item = SelectorId> + '_ {
-        self.applied.iter().copied().chain(
-            self.rules
-                .iter()
-                .flat_map(|r| r.applied.iter().flatten().copied()),
-        )
+        self.applied
+            .iter()
+            .copied()
+            .chain(self.subjects.iter().flat_map(|(s, _)| s.iter().copied()))
+            .chain(
+                self.rules
+                    .iter()
+                    .flat_map(|r| r.applied.iter().flatten().copied()),
+            )
     }
 }
 
@@ -200,6 +207,8 @@ pub struct Engine {
     policy_ids: BTreeMap<PolicyKey, PolicyId>,
     groups: BTreeMap<GroupKey, Group>,
     tiers: BTreeMap<String, Tier>,
+    /// Services of the inventory, for groups' `serviceReference`.
+    services: BTreeMap<ServiceKey, Service>,
     empty_tables: Arc<IdentityTables>,
     /// Identities whose realized tables must be rebuilt.
     dirty_ids: BTreeSet<Identity>,
@@ -264,6 +273,7 @@ impl Engine {
             policy_ids: BTreeMap::new(),
             groups: BTreeMap::new(),
             tiers: BTreeMap::new(),
+            services: BTreeMap::new(),
             empty_tables: Arc::new(IdentityTables::default()),
             dirty_ids: BTreeSet::new(),
             info_dirty: BTreeSet::new(),
@@ -289,6 +299,14 @@ impl Engine {
 
     pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
         self.endpoints.values().map(|e| &e.endpoint)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    pub fn service(&self, key: &ServiceKey) -> Option<&Service> {
+        self.services.get(key)
     }
 
     pub fn endpoint(&self, key: &EndpointKey) -> Option<&Endpoint> {
@@ -451,6 +469,65 @@ impl Engine {
         }
         self.flush();
         self.invalidate();
+    }
+
+    /// Add or update a Service. Policies using a group that references it (directly or
+    /// through child groups) are recompiled against its new backends. Returns how many.
+    pub fn upsert_service(&mut self, service: Service) -> usize {
+        let key = service.key();
+        if self.services.get(&key) == Some(&service) {
+            return 0;
+        }
+        let old = self.services.insert(key.clone(), service);
+        let changed = old.map(|o| o.backends()) != Some(self.services[&key].backends());
+        if changed {
+            self.recompile_service_users(&key)
+        } else {
+            0
+        }
+    }
+
+    /// Forget a Service: groups referencing it lose its backends. Returns whether it existed.
+    pub fn remove_service(&mut self, key: &ServiceKey) -> bool {
+        if self.services.remove(key).is_none() {
+            return false;
+        }
+        self.recompile_service_users(key);
+        true
+    }
+
+    /// Recompile every policy using (through any group) a group that references `key`.
+    fn recompile_service_users(&mut self, key: &ServiceKey) -> usize {
+        let direct: BTreeSet<GroupKey> = self
+            .groups
+            .values()
+            .filter(|g| g.service.as_ref() == Some(key))
+            .map(|g| g.key.clone())
+            .collect();
+        if direct.is_empty() {
+            return 0;
+        }
+        let all_groups: Vec<&Group> = self.groups.values().collect();
+        let affected = with_ancestors(direct, &all_groups);
+        let dependents: Vec<PolicyKey> = self
+            .policy_ids
+            .keys()
+            .filter(|k| {
+                self.policy_state(k)
+                    .is_some_and(|st| st.group_refs.iter().any(|g| affected.contains(g)))
+            })
+            .cloned()
+            .collect();
+        let mut warnings = Vec::new();
+        for k in &dependents {
+            if let Some(p) = self.uncompile_policy(k) {
+                self.compile_policy(p, &mut warnings);
+            }
+        }
+        self.reclaim_selectors();
+        self.flush();
+        self.invalidate();
+        dependents.len()
     }
 
     /// Add or update an endpoint. Changing only its addresses or named ports touches no
@@ -889,23 +966,13 @@ impl Engine {
         validate::validate_tiers(&view)?;
         validate::validate_groups(&view)?;
         // Groups whose flattened content changed: the changed ones and their ancestors.
-        let mut affected_groups = changed_groups.clone();
-        loop {
-            let before = affected_groups.len();
-            for g in view.groups.values() {
-                if g.child_groups.iter().any(|c| affected_groups.contains(c)) {
-                    affected_groups.insert(g.key.clone());
-                }
-            }
-            for g in self.groups.values() {
-                if g.child_groups.iter().any(|c| affected_groups.contains(c)) {
-                    affected_groups.insert(g.key.clone());
-                }
-            }
-            if affected_groups.len() == before {
-                break;
-            }
-        }
+        let all_groups: Vec<&Group> = view
+            .groups
+            .values()
+            .copied()
+            .chain(self.groups.values())
+            .collect();
+        let affected_groups = with_ancestors(changed_groups.clone(), &all_groups);
         let upserted_policies: BTreeMap<&PolicyKey, &Policy> = upserts
             .iter()
             .filter_map(|o| match o {
@@ -967,6 +1034,14 @@ impl Engine {
         for o in upserts {
             match o {
                 Object::Group(g) => {
+                    if let Some(svc) = &g.service {
+                        if !self.services.contains_key(svc) {
+                            report.warnings.push(format!(
+                                "group {}: Service {svc} is not in the inventory; the group has no members until it is",
+                                g.key
+                            ));
+                        }
+                    }
                     match self.groups.get(&g.key) {
                         None => report.created += 1,
                         Some(x) if *x == g => report.unchanged += 1,
@@ -1062,6 +1137,14 @@ impl Engine {
         if let Some(s) = &g.selector {
             sels.push(s.clone());
         }
+        if let Some(backends) = g
+            .service
+            .as_ref()
+            .and_then(|k| self.services.get(k))
+            .and_then(Service::backends)
+        {
+            sels.push(backends);
+        }
         blocks.extend(g.ip_blocks.iter().cloned());
         for c in &g.child_groups {
             self.flatten_group(c, sels, blocks, seen);
@@ -1156,6 +1239,17 @@ impl Engine {
             PolicyKind::CiliumNetworkPolicy | PolicyKind::CiliumClusterwideNetworkPolicy
         );
         let applied = self.applied_selectors(&policy.applied_to, pid);
+        let subjects = policy
+            .subject_isolation
+            .iter()
+            .map(|s| {
+                let dirs = [
+                    s.directions.contains(&Direction::Ingress),
+                    s.directions.contains(&Direction::Egress),
+                ];
+                (self.applied_selectors(&s.applied_to, pid), dirs)
+            })
+            .collect();
         let mut rules = Vec::with_capacity(policy.rules.len());
         for (index, r) in policy.rules.iter().enumerate() {
             for u in &r.unenforced {
@@ -1240,6 +1334,7 @@ impl Engine {
             pref,
             layer,
             applied,
+            subjects,
             rules,
             group_refs,
         });
@@ -1316,9 +1411,23 @@ impl Engine {
                 continue;
             };
             let policy_applies = p.applied.iter().any(|s| st.matched.contains(s));
-            if policy_applies && p.layer == ResolvedLayer::Kubernetes {
-                for d in &p.policy.isolates {
-                    isolation[dir_idx(*d)].push(&p.pref);
+            if p.layer == ResolvedLayer::Kubernetes {
+                let mut iso = [false; 2];
+                if policy_applies {
+                    for d in &p.policy.isolates {
+                        iso[dir_idx(*d)] = true;
+                    }
+                }
+                for (sels, dirs) in &p.subjects {
+                    if sels.iter().any(|s| st.matched.contains(s)) {
+                        iso[0] |= dirs[0];
+                        iso[1] |= dirs[1];
+                    }
+                }
+                for (i, on) in iso.into_iter().enumerate() {
+                    if on {
+                        isolation[i].push(&p.pref);
+                    }
                 }
             }
             let (tier_priority, priority) = match &p.layer {
@@ -1373,6 +1482,22 @@ impl Engine {
             return self.empty_tables.clone();
         }
         Arc::new(IdentityTables { ingress, egress })
+    }
+}
+
+/// `groups` plus every group of `all` that has one of them as a (transitive) child (`all`
+/// may list a group twice, e.g. as it is before and after a change).
+fn with_ancestors(mut groups: BTreeSet<GroupKey>, all: &[&Group]) -> BTreeSet<GroupKey> {
+    loop {
+        let before = groups.len();
+        for g in all {
+            if g.child_groups.iter().any(|c| groups.contains(c)) {
+                groups.insert(g.key.clone());
+            }
+        }
+        if groups.len() == before {
+            return groups;
+        }
     }
 }
 

@@ -31,7 +31,9 @@
 //!    otherwise, if any allow rule matches, it is allowed (allows are a union, also across
 //!    flavours).
 //! 3. **Isolation**: otherwise, if some Kubernetes-layer policy selects the endpoint and
-//!    isolates it in this direction (K8s `policyTypes`, Cilium directions with rules), the
+//!    isolates it in this direction (K8s `policyTypes`, Cilium directions with rules; for a
+//!    Cilium policy whose `specs` select different endpoints, each spec's subject in that
+//!    spec's directions, see [`crate::model::Policy::subject_isolation`]), the
 //!    flow is dropped by that default deny. The baseline tier is **not** consulted: as Antrea
 //!    documents, "baseline policies cannot counteract the isolated Pod behavior provided by
 //!    K8s NetworkPolicies" (its OVS pipeline installs baseline flows at a lower priority than

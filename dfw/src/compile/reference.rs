@@ -94,6 +94,20 @@ impl<'a> Ctx<'a> {
         }
         if let Some(g) = self.engine.groups().find(|g| g.key == *key) {
             sels.extend(g.selector.clone());
+            // A Service's backends: the endpoints of its namespace carrying all of its
+            // selector's labels; a Service without a selector (or unknown) has none.
+            if let Some(svc) = g.service.as_ref().and_then(|k| self.engine.service(k)) {
+                if !svc.selector.is_empty() {
+                    sels.push(EndpointSelector {
+                        namespaces: NamespaceScope::Named(svc.namespace.clone()),
+                        labels: crate::model::LabelSelector {
+                            match_labels: svc.selector.clone(),
+                            match_expressions: vec![],
+                        },
+                        kinds: KindFilter::Any,
+                    });
+                }
+            }
             blocks.extend(g.ip_blocks.iter().cloned());
             for c in &g.child_groups {
                 self.group_parts(c, sels, blocks, seen);
@@ -323,7 +337,12 @@ pub(crate) fn decide(
     // 3. Isolation.
     let isolating: Vec<&&Policy> = k8s
         .iter()
-        .filter(|p| p.isolates.contains(&dir) && cx.applied(&p.applied_to, local))
+        .filter(|p| {
+            (p.isolates.contains(&dir) && cx.applied(&p.applied_to, local))
+                || p.subject_isolation
+                    .iter()
+                    .any(|s| s.directions.contains(&dir) && cx.applied(&s.applied_to, local))
+        })
         .collect();
     if let Some(first) = isolating.first() {
         return RefDecision {

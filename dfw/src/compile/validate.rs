@@ -192,6 +192,9 @@ pub(crate) fn policy_group_refs(policy: &Policy) -> BTreeSet<GroupKey> {
     for a in &policy.applied_to {
         applied(a, &mut out);
     }
+    for a in policy.subject_isolation.iter().flat_map(|s| &s.applied_to) {
+        applied(a, &mut out);
+    }
     for r in &policy.rules {
         for a in r.applied_to.iter().flatten() {
             applied(a, &mut out);
@@ -259,6 +262,9 @@ pub(crate) fn validate_policy(policy: &Policy, view: &View<'_>) -> Result<(), En
         Ok(())
     };
     check_applied(&policy.applied_to, None)?;
+    for s in &policy.subject_isolation {
+        check_applied(&s.applied_to, None)?;
+    }
     for r in &policy.rules {
         let invalid = |reason: String| EngineError::InvalidRule {
             policy: policy.key.clone(),

@@ -15,6 +15,9 @@
 //!   policy's namespace. `namespaces: {match: Self}` (ACNP only) →
 //!   [`NamespaceScope::SameAsAppliedTo`]. `externalEntitySelector` → [`KindFilter::VmOnly`].
 //!   `group` → a ClusterGroup (ACNP) or a Group of the policy's namespace (ANNP).
+//! - Groups: `serviceReference` → [`Group::service`], whose members are the backends of that
+//!   Service as the engine knows it (see [`crate::model::Service`]). A ClusterGroup must name
+//!   the Service's namespace; a Group's Service is in the Group's namespace.
 //! - Kept but not enforced (warned, listed in [`Rule::unenforced`]): `fqdn`, `serviceAccount`
 //!   and `nodeSelector` peers (vdfw has no DNS snooping, service accounts or Nodes; such a
 //!   peer matches nothing), `toServices`, `l7Protocols`, IGMP type/group. A rule whose every
@@ -34,7 +37,7 @@ use super::{ruleid, TierRef, Translated};
 use crate::model::{
     Action, AppliedTo, Direction, EndpointSelector, Group, GroupKey, KindFilter, LabelSelector,
     Layer, NamespaceScope, Object, Peer, Peers, Policy, PolicyKey, PolicyKind, PortMatch,
-    PortRange, ProtocolMatch, Rule, RuleId, Tier, Unenforced, ANTREA_STATIC_TIERS,
+    PortRange, ProtocolMatch, Rule, RuleId, ServiceKey, Tier, Unenforced, ANTREA_STATIC_TIERS,
 };
 
 /// Tier priorities Antrea reserves (besides the static tiers' own).
@@ -388,6 +391,7 @@ pub(crate) fn translate_policy(
             layer,
             applied_to,
             isolates: Vec::new(),
+            subject_isolation: Vec::new(),
             rules,
             audit: meta.audit,
             source: cx.source.clone(),
@@ -1023,11 +1027,20 @@ struct GroupSpec {
     #[serde(default)]
     ip_block: Option<RawIpBlock>,
     #[serde(default)]
-    service_reference: Option<serde_json::Value>,
+    service_reference: Option<RawServiceReference>,
     #[serde(default)]
     external_entity_selector: Option<RawSelector>,
     #[serde(default)]
     child_groups: Option<Vec<String>>,
+}
+
+/// `serviceReference: {name, namespace}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServiceReference {
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
 }
 
 pub(crate) fn translate_group(
@@ -1101,12 +1114,36 @@ pub(crate) fn translate_group(
         meta::dns_subdomain(c, &sp.key("childGroups").idx(i))?;
         child_groups.push(scope.group_key(c));
     }
-    if spec.service_reference.is_some() {
-        cx.warn(
-            &sp.key("serviceReference"),
-            "not enforced: vdfw has no Services; this group has no members",
-        );
-    }
+    // Antrea: a Group's Service lives in the Group's namespace; a ClusterGroup names it.
+    let service = match &spec.service_reference {
+        None => None,
+        Some(r) => {
+            let rp = sp.key("serviceReference");
+            meta::dns_label(&r.name, &rp.key("name"))?;
+            let namespace = match (scope, r.namespace.as_deref().filter(|n| !n.is_empty())) {
+                (Scope::Cluster, None) => {
+                    return Err(Invalid::missing(
+                        &rp.key("namespace"),
+                        "a ClusterGroup's serviceReference must name the Service's namespace",
+                    ))
+                }
+                (Scope::Cluster, Some(n)) => n.to_string(),
+                (Scope::Namespace(own), None) => own.to_string(),
+                (Scope::Namespace(own), Some(n)) if n == own => own.to_string(),
+                (Scope::Namespace(own), Some(n)) => {
+                    return Err(Invalid::conflict(
+                        &rp.key("namespace"),
+                        format!("a Group in namespace {own} can only reference Services of its own namespace, not {n}"),
+                    ))
+                }
+            };
+            meta::dns_label(&namespace, &rp.key("namespace"))?;
+            Some(ServiceKey {
+                namespace,
+                name: r.name.clone(),
+            })
+        }
+    };
     let selector = if spec.pod_selector.is_some()
         || spec.namespace_selector.is_some()
         || spec.external_entity_selector.is_some()
@@ -1132,6 +1169,7 @@ pub(crate) fn translate_group(
             selector,
             ip_blocks,
             child_groups,
+            service,
             source: cx.source.clone(),
         }),
         tier_ref: None,

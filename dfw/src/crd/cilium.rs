@@ -28,8 +28,10 @@
 //! - Refused: `nodeSelector` subjects (host policies), `world-ipv4`/`world-ipv6` entities,
 //!   `cidrGroupRef`/`cidrGroupSelector`.
 //! - `specs`: several rules in one object. When they select different endpoints, each rule
-//!   carries its spec's selector as [`Rule::applied_to`] and the policy-level `applied_to` is
-//!   empty (isolation then follows the rules' own subjects; see [`crate::model::Policy`]).
+//!   carries its spec's selector as [`Rule::applied_to`], the policy-level `applied_to` is
+//!   empty, and each spec's subject is isolated in its own directions
+//!   ([`crate::model::Policy::subject_isolation`]), as Cilium treats every spec as a rule of
+//!   its own.
 //!   `log.value` becomes each rule's log label.
 
 use serde::de::IgnoredAny;
@@ -43,7 +45,7 @@ use super::yaml::Node;
 use crate::model::{
     Action, AppliedTo, Direction, EndpointSelector, Entity, KindFilter, NamespaceScope, Object,
     Peer, Peers, Policy, PolicyKey, PolicyKind, PortMatch, PortRange, PortSpec, ProtocolMatch,
-    Rule, RuleId, Unenforced, CILIUM_NAMESPACE_LABEL,
+    Rule, RuleId, SubjectIsolation, Unenforced, CILIUM_NAMESPACE_LABEL,
 };
 use crate::model::{LabelSelector, Layer};
 
@@ -364,9 +366,7 @@ pub(crate) fn translate(
     let multi = specs.len() > 1;
 
     struct SpecOut {
-        path: Path,
         selector: EndpointSelector,
-        has_rules: [bool; 2],
         isolates: [bool; 2],
     }
     let mut outs = Vec::new();
@@ -424,45 +424,50 @@ pub(crate) fn translate(
             edd.and_then(|d| d.ingress).unwrap_or(has_rules[0]),
             edd.and_then(|d| d.egress).unwrap_or(has_rules[1]),
         ];
-        outs.push(SpecOut {
-            path: sp.clone(),
-            selector,
-            has_rules,
-            isolates,
-        });
+        outs.push(SpecOut { selector, isolates });
     }
 
-    let union = [
-        outs.iter().any(|o| o.isolates[0]),
-        outs.iter().any(|o| o.isolates[1]),
-    ];
-    let isolates: Vec<Direction> = [Direction::Ingress, Direction::Egress]
-        .into_iter()
-        .filter(|d| union[*d as usize])
-        .collect();
+    let dirs = |iso: [bool; 2]| -> Vec<Direction> {
+        [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .filter(|d| iso[*d as usize])
+            .collect()
+    };
     let same_subject = outs.iter().all(|o| o.selector == outs[0].selector);
-    let applied_to = if same_subject {
-        vec![AppliedTo::Endpoints(outs[0].selector.clone())]
+    let (applied_to, isolates, subject_isolation) = if same_subject {
+        // One subject: any spec's default deny isolates it (Cilium enables default deny on
+        // an endpoint as soon as one rule selecting it does).
+        let union = [
+            outs.iter().any(|o| o.isolates[0]),
+            outs.iter().any(|o| o.isolates[1]),
+        ];
+        (
+            vec![AppliedTo::Endpoints(outs[0].selector.clone())],
+            dirs(union),
+            Vec::new(),
+        )
     } else {
-        // Per-rule subjects: a direction is then isolated for the endpoints of that
-        // direction's rules, which is exact only if every spec's default-deny follows its
-        // rules. Refuse what cannot be represented rather than isolate the wrong endpoints.
+        // Per-spec subjects: each spec isolates what its own selector picks, in its own
+        // directions; specs with equal selectors are merged.
+        let mut subjects: Vec<(EndpointSelector, [bool; 2])> = Vec::new();
         for o in &outs {
-            for d in [Direction::Ingress, Direction::Egress] {
-                let i = d as usize;
-                if union[i] && o.has_rules[i] != o.isolates[i] {
-                    return Err(Invalid::unsupported(
-                        &o.path.key("enableDefaultDeny"),
-                        format!(
-                            "specs select different endpoints and this one's {} default-deny differs from whether it has {} rules; split it into its own policy",
-                            if i == 0 { "ingress" } else { "egress" },
-                            if i == 0 { "ingress" } else { "egress" },
-                        ),
-                    ));
+            match subjects.iter_mut().find(|(s, _)| *s == o.selector) {
+                Some((_, iso)) => {
+                    iso[0] |= o.isolates[0];
+                    iso[1] |= o.isolates[1];
                 }
+                None => subjects.push((o.selector.clone(), o.isolates)),
             }
         }
-        Vec::new()
+        let subject_isolation = subjects
+            .into_iter()
+            .filter(|(_, iso)| iso[0] || iso[1])
+            .map(|(s, iso)| SubjectIsolation {
+                applied_to: vec![AppliedTo::Endpoints(s)],
+                directions: dirs(iso),
+            })
+            .collect();
+        (Vec::new(), Vec::new(), subject_isolation)
     };
     let mut rules: Vec<Rule> = rules
         .into_iter()
@@ -481,6 +486,7 @@ pub(crate) fn translate(
         layer: Layer::Kubernetes,
         applied_to,
         isolates,
+        subject_isolation,
         rules,
         audit: meta.audit,
         source: cx.source.clone(),

@@ -219,6 +219,7 @@ pub(crate) fn translate(
         layer: Layer::Kubernetes,
         applied_to,
         isolates,
+        subject_isolation: Vec::new(),
         rules,
         audit: meta.audit,
         source: cx.source.clone(),

@@ -546,3 +546,34 @@ fn echo_exchanges_are_rechecked_as_the_request_they_started_with() {
         .process(&snap, lab.web, Direction::Ingress, &stray, SEC)
         .forwards());
 }
+
+#[test]
+fn a_connection_picked_up_mid_stream_is_counted_in_both_zones() {
+    // A daemon restart loses the table: the next segment of web's open session to db is a
+    // plain ACK with data. It is decided as a new connection, tracked, and counted as picked
+    // up in each zone it crosses.
+    let mut lab = Lab::new();
+    let snap = lab.engine.snapshot();
+    let t = tcp(WEB, 40000, DB, 5432);
+    let data = seg(t, ACK | TcpFlags::PSH, 7000, 9000, 100);
+    for (vnic, dir) in [(lab.web, Direction::Egress), (lab.db, Direction::Ingress)] {
+        let o = lab.fw.process(&snap, vnic, dir, &data, 0);
+        assert!(
+            matches!(
+                o.ct,
+                CtVerdict::New {
+                    picked_up: true,
+                    ..
+                }
+            ) && o.forwards(),
+            "{o:?}"
+        );
+    }
+    let reply = seg(t.reversed(), ACK, 9000, 7100, 0);
+    for (vnic, dir) in [(lab.db, Direction::Egress), (lab.web, Direction::Ingress)] {
+        let o = lab.fw.process(&snap, vnic, dir, &reply, 0);
+        assert!(matches!(o.ct, CtVerdict::Established { .. }), "{o:?}");
+    }
+    let s = lab.fw.conntrack().stats();
+    assert_eq!((s.new, s.picked_up, s.established), (2, 2, 2));
+}

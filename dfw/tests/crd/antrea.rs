@@ -2,7 +2,7 @@ use dfw::crd::{parse_documents_with, parse_files, ErrorKind, ParseOptions};
 use dfw::model::{
     Action, AppliedTo, Direction, EndpointSelector, GroupKey, IpBlock, KindFilter, LabelSelector,
     Layer, NamespaceScope, Object, Peer, Peers, PolicyKind, PortRange, PortSpec, ProtocolMatch,
-    Tier,
+    ServiceKey, Tier,
 };
 
 use crate::{err, parse, policy, sel};
@@ -474,9 +474,46 @@ fn groups() {
             }
         ]
     );
-    // serviceReference: kept, warned, no members.
+    // serviceReference: the Service's key, resolved by the engine; no warning.
     let parsed = parse(&cg("  serviceReference: {name: web, namespace: pay}\n"));
-    assert_eq!(parsed.warnings.len(), 1);
+    assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    let Some(Object::Group(g)) = parsed.objects.into_iter().next() else {
+        panic!("not a group")
+    };
+    assert_eq!(
+        g.service,
+        Some(ServiceKey {
+            namespace: "pay".into(),
+            name: "web".into()
+        })
+    );
+    assert_eq!(g.selector, None);
+    // A ClusterGroup must name the Service's namespace.
+    let e = err(&cg("  serviceReference: {name: web}\n"));
+    assert_eq!(e.kind, ErrorKind::MissingField);
+    assert_eq!(e.path, "spec.serviceReference.namespace");
+    let e = err(&cg(
+        "  serviceReference: {name: web, namespace: pay, port: 80}\n",
+    ));
+    assert_eq!(e.kind, ErrorKind::UnknownField);
+    // A Group's Service is in the Group's namespace.
+    let ns_group = |r: &str| {
+        format!("apiVersion: crd.antrea.io/v1beta1\nkind: Group\nmetadata: {{name: g, namespace: pay}}\nspec:\n  serviceReference: {r}\n")
+    };
+    assert_eq!(
+        group(&ns_group("{name: web}")).service,
+        Some(ServiceKey {
+            namespace: "pay".into(),
+            name: "web".into()
+        })
+    );
+    let e = err(&ns_group("{name: web, namespace: other}"));
+    assert_eq!(e.kind, ErrorKind::Conflict);
+    assert_eq!(e.path, "spec.serviceReference.namespace");
+    let e = err(&cg(
+        "  serviceReference: {name: web, namespace: pay}\n  podSelector: {}\n",
+    ));
+    assert_eq!(e.kind, ErrorKind::Conflict);
     // Combinations Antrea refuses.
     let e = err(&cg("  podSelector: {}\n  ipBlocks: [{cidr: 10.0.0.0/8}]\n"));
     assert_eq!(e.kind, ErrorKind::Conflict);

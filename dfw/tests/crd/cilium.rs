@@ -2,7 +2,7 @@ use dfw::crd::ErrorKind;
 use dfw::model::{
     Action, AppliedTo, Direction, EndpointSelector, Entity, IpBlock, KindFilter, LabelSelector,
     Layer, NamespaceScope, Object, Peer, Peers, PolicyKind, PortRange, PortSpec, ProtocolMatch,
-    SelectorOperator, CILIUM_NAMESPACE_LABEL,
+    SelectorOperator, SubjectIsolation, CILIUM_NAMESPACE_LABEL,
 };
 
 use crate::{err, expr, parse, policy, sel};
@@ -276,20 +276,41 @@ fn multiple_specs() {
     // Different subjects: rules carry their spec's subject.
     let p = policy("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: m, namespace: pay}\nspec:\n  endpointSelector: {matchLabels: {app: a}}\n  ingress: [{fromEntities: [world]}]\nspecs:\n  - endpointSelector: {matchLabels: {app: b}}\n    egress: [{toEntities: [world]}]\n");
     assert!(p.applied_to.is_empty());
-    assert_eq!(p.isolates, vec![Direction::Ingress, Direction::Egress]);
-    let subject = |app: &str| {
-        Some(vec![AppliedTo::Endpoints(EndpointSelector {
+    assert!(p.isolates.is_empty());
+    let selector = |app: &str| {
+        vec![AppliedTo::Endpoints(EndpointSelector {
             namespaces: NamespaceScope::Named("pay".into()),
             labels: sel(&[("app", app)]),
             kinds: KindFilter::Any,
-        })])
+        })]
     };
-    assert_eq!(p.rules[0].applied_to, subject("a"));
-    assert_eq!(p.rules[1].applied_to, subject("b"));
-    // Not representable with per-rule subjects: refused.
-    let e = err("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: m, namespace: pay}\nspecs:\n  - endpointSelector: {matchLabels: {app: a}}\n    ingress: [{fromEntities: [world]}]\n    enableDefaultDeny: {ingress: false}\n  - endpointSelector: {matchLabels: {app: b}}\n    ingress: [{fromEntities: [world]}]\n");
-    assert_eq!(e.kind, ErrorKind::Unsupported);
-    assert_eq!(e.path, "specs[0].enableDefaultDeny");
+    assert_eq!(p.rules[0].applied_to, Some(selector("a")));
+    assert_eq!(p.rules[1].applied_to, Some(selector("b")));
+    // Each subject is isolated in its own spec's directions only.
+    assert_eq!(
+        p.subject_isolation,
+        vec![
+            SubjectIsolation {
+                applied_to: selector("a"),
+                directions: vec![Direction::Ingress],
+            },
+            SubjectIsolation {
+                applied_to: selector("b"),
+                directions: vec![Direction::Egress],
+            },
+        ]
+    );
+    // enableDefaultDeny is per spec: a's ingress rules do not isolate it, b's absent egress
+    // rules do; specs with equal subjects merge; a spec isolating nothing is not listed.
+    let p = policy("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: m, namespace: pay}\nspecs:\n  - endpointSelector: {matchLabels: {app: a}}\n    ingress: [{fromEntities: [world]}]\n    enableDefaultDeny: {ingress: false}\n  - endpointSelector: {matchLabels: {app: b}}\n    ingress: [{}]\n  - endpointSelector: {matchLabels: {app: b}}\n    enableDefaultDeny: {egress: true}\n");
+    assert_eq!(
+        p.subject_isolation,
+        vec![SubjectIsolation {
+            applied_to: selector("b"),
+            directions: vec![Direction::Ingress, Direction::Egress],
+        }]
+    );
+    assert_eq!(p.rules.len(), 2);
 }
 
 #[test]

@@ -210,6 +210,7 @@ fn finish(
         layer,
         applied_to,
         isolates,
+        subject_isolation: Vec::new(),
         rules,
         audit: false,
         source: Source::default(),
@@ -324,6 +325,7 @@ pub(crate) fn cluster_group(
                 name: c.to_string(),
             })
             .collect(),
+        service: None,
         source: Source::default(),
     }
 }

@@ -236,13 +236,39 @@ fn gen_policy(r: &mut Rng, i: usize) -> Policy {
                     )
                 })
                 .collect();
-            cnp(
+            let mut p = cnp(
                 ns,
                 &format!("c{i}"),
                 gen_selector(r, false),
                 &isolates,
                 rules,
-            )
+            );
+            if r.chance(35) {
+                // Several `specs` with different subjects: every rule carries its spec's
+                // subject and each subject is isolated in its own directions.
+                let subjects: Vec<Vec<AppliedTo>> = (0..1 + r.below(3))
+                    .map(|_| vec![AppliedTo::Endpoints(gen_selector(r, false))])
+                    .collect();
+                for rule in &mut p.rules {
+                    rule.applied_to = Some(r.pick(&subjects).clone());
+                }
+                p.applied_to = vec![];
+                p.isolates = vec![];
+                p.subject_isolation = subjects
+                    .into_iter()
+                    .filter_map(|applied_to| {
+                        let directions: Vec<Direction> = [Direction::Ingress, Direction::Egress]
+                            .into_iter()
+                            .filter(|_| r.chance(50))
+                            .collect();
+                        (!directions.is_empty()).then_some(SubjectIsolation {
+                            applied_to,
+                            directions,
+                        })
+                    })
+                    .collect();
+            }
+            p
         }
         _ => {
             let tier = *r.pick(&["emergency", "application", "custom", "baseline"]);

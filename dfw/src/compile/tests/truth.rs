@@ -992,3 +992,274 @@ fn failed_apply_changes_nothing() {
         .unwrap_err();
     assert!(matches!(err, EngineError::UnknownGroup { .. }), "{err}");
 }
+
+/// Parses YAML through the real CRD parser and applies it.
+fn apply_yaml(lab: &mut Lab, text: &str) {
+    let parsed = crate::crd::parse_documents(text, "test.yaml").unwrap();
+    lab.apply(parsed.objects);
+}
+
+#[test]
+fn cilium_specs_isolate_each_subject_in_its_own_directions() {
+    // Three specs, three subjects in namespace x. Upstream Cilium treats every spec as a rule
+    // of its own: its endpointSelector isolates the endpoints it picks, in the directions the
+    // spec has rules for, and its rules apply to those endpoints only.
+    let mut lab = Lab::cyclonus(EngineConfig::default());
+    apply_yaml(
+        &mut lab,
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: multi, namespace: x}
+specs:
+  # x/a: ingress only from x/b, TCP 80.
+  - endpointSelector: {matchLabels: {pod: a}}
+    ingress:
+      - fromEndpoints: [{matchLabels: {pod: b}}]
+        toPorts: [{ports: [{port: '80', protocol: TCP}]}]
+  # x/b: egress only to x/c (any port); its ingress stays open.
+  - endpointSelector: {matchLabels: {pod: b}}
+    egress:
+      - toEndpoints: [{matchLabels: {pod: c}}]
+  # x/c: the default-deny idiom, ingress: [{}] isolates and allows nothing.
+  - endpointSelector: {matchLabels: {pod: c}}
+    ingress: [{}]
+",
+    );
+    lab.matrix(&PORTS, &PROTOS, |s, d, p, port| {
+        let egress_ok = s != "x/b" || d == "x/c";
+        let ingress_ok = match d {
+            "x/a" => s == "x/b" && p == Tcp && port == 80,
+            "x/c" => false,
+            _ => true,
+        };
+        yes(egress_ok && ingress_ok)
+    });
+    // x/b -> x/c is allowed by x/b's egress but dropped by x/c's isolation, which names the
+    // policy.
+    let snap = lab.engine.snapshot();
+    let v = snap.evaluate(&lab.query("x/b", "x/c", Tcp, 80));
+    match v.ingress.unwrap().by {
+        DecidedBy::Isolation(p) => assert_eq!(p.key.name, "multi"),
+        other => panic!("expected isolation, got {other:?}"),
+    }
+}
+
+#[test]
+fn cilium_specs_deny_and_default_deny_per_subject() {
+    let mut lab = Lab::cyclonus(EngineConfig::default());
+    apply_yaml(
+        &mut lab,
+        "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: multi}
+specs:
+  # Every b endpoint: egressDeny to namespace z isolates b's egress (deny rules count).
+  - endpointSelector: {matchLabels: {pod: b}}
+    egressDeny:
+      - toEndpoints: [{matchLabels: {io.kubernetes.pod.namespace: z}}]
+    egress:
+      - toEntities: [cluster]
+  # Every a endpoint: rules, but default deny switched off: the allow is moot, nothing is
+  # isolated, and the deny still drops.
+  - endpointSelector: {matchLabels: {pod: a}}
+    enableDefaultDeny: {ingress: false}
+    ingress:
+      - fromEndpoints: [{matchLabels: {pod: b}}]
+    ingressDeny:
+      - fromEndpoints: [{matchLabels: {pod: c}}]
+  # Every c endpoint: no rules at all but default deny on for egress: c can send nothing.
+  - endpointSelector: {matchLabels: {pod: c}}
+    enableDefaultDeny: {egress: true}
+",
+    );
+    lab.matrix(&PORTS, &PROTOS, |s, d, _, _| {
+        let egress_ok = match name_of(s) {
+            "b" => ns_of(d) != "z",
+            "c" => false,
+            _ => true,
+        };
+        let ingress_ok = !(name_of(d) == "a" && name_of(s) == "c");
+        yes(egress_ok && ingress_ok)
+    });
+}
+
+#[test]
+fn cilium_specs_isolation_follows_incremental_changes() {
+    // A new endpoint matching one spec's subject is isolated as soon as it appears, and
+    // removing the policy lifts the isolation.
+    let mut lab = Lab::cyclonus(EngineConfig::default());
+    apply_yaml(
+        &mut lab,
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: multi, namespace: y}
+specs:
+  - endpointSelector: {matchLabels: {pod: a}}
+    ingress: [{}]
+  - endpointSelector: {matchLabels: {role: db}}
+    egress: [{}]
+",
+    );
+    lab.engine
+        .upsert_endpoint(ep(
+            "y",
+            "db",
+            EndpointKind::Vm,
+            "10.0.2.9",
+            &[("role", "db")],
+        ))
+        .unwrap();
+    lab.check(&[
+        ("x/a", "y/a", Tcp, 80, D),
+        ("y/a", "x/a", Tcp, 80, A),
+        ("y/db", "x/a", Tcp, 80, D),
+        ("x/a", "y/db", Tcp, 80, A),
+        ("x/a", "y/b", Tcp, 80, A),
+    ]);
+    lab.engine
+        .remove(vec![ObjectKey::Policy(PolicyKey {
+            kind: PolicyKind::CiliumNetworkPolicy,
+            namespace: Some("y".into()),
+            name: "multi".into(),
+        })])
+        .unwrap();
+    lab.check(&[("x/a", "y/a", Tcp, 80, A), ("y/db", "x/a", Tcp, 80, A)]);
+}
+
+fn service(ns: &str, name: &str, selector: &[(&str, &str)]) -> Service {
+    Service {
+        namespace: ns.into(),
+        name: name.into(),
+        selector: labels(selector),
+    }
+}
+
+#[test]
+fn antrea_service_reference_groups_follow_the_service_backends() {
+    let mut lab = Lab::cyclonus(EngineConfig::default());
+    // The Service exists before the group: y's b endpoints back it.
+    assert_eq!(
+        lab.engine
+            .upsert_service(service("y", "web", &[("pod", "b")])),
+        0
+    );
+    apply_yaml(
+        &mut lab,
+        "apiVersion: crd.antrea.io/v1beta1
+kind: ClusterGroup
+metadata: {name: web-backends}
+spec:
+  serviceReference: {name: web, namespace: y}
+---
+apiVersion: crd.antrea.io/v1beta1
+kind: ClusterGroup
+metadata: {name: parent}
+spec:
+  childGroups: [web-backends]
+---
+# The backends accept only x/a on TCP 80 ...
+apiVersion: crd.antrea.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: protect-web}
+spec:
+  priority: 1
+  tier: securityops
+  appliedTo: [{group: web-backends}]
+  ingress:
+    - action: Allow
+      from: [{podSelector: {matchLabels: {pod: a}}, namespaceSelector: {matchLabels: {ns: x}}}]
+      ports: [{protocol: TCP, port: 80}]
+    - action: Drop
+---
+# ... and z/c may not reach them (through the parent group, as a peer).
+apiVersion: crd.antrea.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: z-c-out}
+spec:
+  priority: 2
+  tier: emergency
+  appliedTo: [{podSelector: {matchLabels: {pod: c}}, namespaceSelector: {matchLabels: {ns: z}}}]
+  egress:
+    - action: Reject
+      to: [{group: parent}]
+",
+    );
+    let expect = |backend: &'static str| {
+        move |s: &str, d: &str, p: IpProtocol, port: u16| {
+            if d == backend {
+                if s == "z/c" {
+                    J
+                } else {
+                    yes(s == "x/a" && p == Tcp && port == 80)
+                }
+            } else {
+                A
+            }
+        }
+    };
+    lab.matrix(&PORTS, &PROTOS, expect("y/b"));
+    // The Service's selector changes: the groups follow, the policies using them are
+    // recompiled (both, through the child group too).
+    assert_eq!(
+        lab.engine
+            .upsert_service(service("y", "web", &[("pod", "c")])),
+        2
+    );
+    lab.matrix(&PORTS, &PROTOS, expect("y/c"));
+    // A Service without a selector has no backends; nor has a removed one.
+    lab.engine.upsert_service(service("y", "web", &[]));
+    lab.matrix(&PORTS, &PROTOS, |_, _, _, _| A);
+    lab.engine
+        .upsert_service(service("y", "web", &[("pod", "a")]));
+    lab.matrix(&PORTS, &PROTOS, expect("y/a"));
+    assert!(lab.engine.remove_service(&ServiceKey {
+        namespace: "y".into(),
+        name: "web".into()
+    }));
+    lab.matrix(&PORTS, &PROTOS, |_, _, _, _| A);
+}
+
+#[test]
+fn antrea_service_reference_to_unknown_service_warns_and_has_no_members() {
+    let mut lab = Lab::cyclonus(EngineConfig::default());
+    let parsed = crate::crd::parse_documents(
+        "apiVersion: crd.antrea.io/v1beta1
+kind: Group
+metadata: {name: db, namespace: x}
+spec:
+  serviceReference: {name: db}
+---
+apiVersion: crd.antrea.io/v1beta1
+kind: NetworkPolicy
+metadata: {name: db-out, namespace: x}
+spec:
+  priority: 1
+  appliedTo: [{podSelector: {}}]
+  egress:
+    - action: Drop
+      to: [{group: db}]
+",
+        "t.yaml",
+    )
+    .unwrap();
+    let report = lab.engine.apply(parsed.objects).unwrap();
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("Service x/db is not in the inventory")),
+        "{:?}",
+        report.warnings
+    );
+    lab.matrix(&PORTS, &PROTOS, |_, _, _, _| A);
+    // Once the Service appears, its backends (x's a endpoints only: a Service selects in its
+    // own namespace) are members.
+    assert_eq!(
+        lab.engine
+            .upsert_service(service("x", "db", &[("pod", "a")])),
+        1
+    );
+    lab.matrix(&PORTS, &PROTOS, |s, d, _, _| {
+        yes(!(ns_of(s) == "x" && d == "x/a"))
+    });
+}
