@@ -96,14 +96,9 @@ pub fn realize(
         default_deny,
         ..EngineConfig::default()
     });
-    for ns in inv.namespaces {
-        engine.upsert_namespace(ns);
-    }
-    for ep in inv.endpoints {
-        engine
-            .upsert_endpoint(ep)
-            .map_err(|e| OfflineError::Engine(e.to_string()))?;
-    }
+    // Namespaces, endpoints and Services (what `serviceReference` groups resolve to).
+    inv.load_into(&mut engine)
+        .map_err(|e| OfflineError::Engine(e.to_string()))?;
     engine
         .apply(parsed.objects)
         .map_err(|e| OfflineError::Engine(e.to_string()))?;
