@@ -406,15 +406,7 @@ impl Controller {
         files: &[InputFile],
         dry_run: bool,
     ) -> Result<ChangeReport, ControllerError> {
-        let result = self.apply_inner(files, dry_run, None);
-        let c = &self.counters;
-        let counter = if result.is_ok() {
-            &c.applies
-        } else {
-            &c.applies_failed
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        result
+        self.counted(self.apply_inner(files, dry_run, None))
     }
 
     /// Makes the documents whose file name starts with `source` exactly those of `files`
@@ -429,7 +421,14 @@ impl Controller {
         files: &[InputFile],
         dry_run: bool,
     ) -> Result<ChangeReport, ControllerError> {
-        let result = self.apply_inner(files, dry_run, Some(source));
+        self.counted(self.apply_inner(files, dry_run, Some(source)))
+    }
+
+    /// Counts an apply's outcome for the metrics.
+    fn counted(
+        &self,
+        result: Result<ChangeReport, ControllerError>,
+    ) -> Result<ChangeReport, ControllerError> {
         let c = &self.counters;
         let counter = if result.is_ok() {
             &c.applies
