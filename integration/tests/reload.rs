@@ -103,17 +103,30 @@ fn reload_keeps_allowed_sessions_and_cuts_the_others() {
         "both lines over the one 8080 session"
     );
 
-    // The 9090 session is cut: what the client sends no longer comes back. (If vdfwd answered
-    // with a RST, nc has exited and the FIFO write times out: also cut.)
+    // The 9090 session is cut: what the client sends no longer comes back, and vdfwd answers
+    // that segment with an RST, so the client's stack drops the connection at once instead
+    // of retransmitting until it times out.
     let _ = client.session_send(&cut, "after-9090");
     assert!(
         !client.session_wait_for(&cut, "after-9090", ECHO).unwrap(),
         "the no-longer-allowed 9090 session still exchanges data after the reload"
     );
-    eprintln!(
-        "    cut session still ESTABLISHED in the client's stack (no RST on a cut): {}",
-        client.session_established(&cut).unwrap()
+    let reset = (0..20).any(|_| {
+        let up = client.session_established(&cut).unwrap_or(true);
+        if up {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        !up
+    });
+    assert!(
+        reset,
+        "the cut 9090 session is still ESTABLISHED in the client's stack: no RST reached it"
     );
+    let resets = vd
+        .port_status("server")
+        .ok()
+        .and_then(|s| field(&s, "firewall/counters/cut_reset").and_then(|v| v.as_u64()));
+    eprintln!("    cut session reset by vdfwd (server's cut_reset counter: {resets:?})");
     expect_connect(
         client,
         ip(SERVER),

@@ -345,16 +345,35 @@ fn reload_cuts_connections_the_new_policy_refuses_and_keeps_the_others() {
     let data_9090 = tcp(1, 2, 40001, 9090, Seg::Data);
     send(&mut r.a, &data_9090);
     assert_arrives(&mut r.b, &data_9090);
+    // The cut connection's next segment does not arrive: a gets an RST with the sequence
+    // number its segment acknowledged (so its stack accepts it) instead of retransmitting
+    // into silence until it times out.
     send(&mut r.a, &tcp(1, 2, 40000, 8080, Seg::Data));
+    let (_, rst) = r.a.recv();
+    let p = ParsedPacket::parse(&rst).unwrap();
+    let t = p.tcp().unwrap();
+    assert!(t.flags.rst(), "{p:?}");
+    assert_eq!((t.src_port, t.dst_port, t.seq), (8080, 40000, 5001));
     assert_nothing(&mut r.b);
-    assert_eq!(r.pa.counters.drops(DropReason::PolicyDenied), 1);
+    assert_eq!(r.pa.counters.drops(DropReason::PolicyRejected), 1);
     let cut = flows(&r.d)
         .into_iter()
-        .rfind(|f| f.drop_reason == Some("policy_denied"))
+        .rfind(|f| f.drop_reason == Some("policy_rejected"))
         .unwrap();
     assert_eq!(cut.dst.unwrap().port, 8080);
     assert_eq!(cut.policy.as_deref(), Some("K8sNP:shop/b-9090-from-a"));
     assert_eq!(cut.generation, report.generation);
+    let status = serde_json::to_value(r.d.status()).unwrap();
+    assert_eq!(
+        status["ports"][1]["firewall"]["counters"]["cut_reset"], 1,
+        "{status:#}"
+    );
+    // A new connection to the same port is refused silently, as the policy says (only
+    // segments of cut connections are reset).
+    send(&mut r.a, &tcp(1, 2, 40005, 8080, Seg::Syn));
+    assert_nothing(&mut r.a);
+    assert_nothing(&mut r.b);
+    assert_eq!(r.pa.counters.drops(DropReason::PolicyDenied), 1);
 }
 
 #[test]

@@ -461,9 +461,19 @@ impl ConnTrack {
     /// Returns how many were cut. O(n): a control-plane operation.
     ///
     /// Tracked ICMP connections are always echo exchanges (the tuple's ports are the echo id).
-    pub fn recheck<F>(&mut self, mut check: F) -> usize
+    pub fn recheck<F>(&mut self, check: F) -> usize
     where
         F: FnMut(Zone, &FiveTuple, u64) -> Decision,
+    {
+        self.recheck_with_cut(check, |_, _| {})
+    }
+
+    /// [`Self::recheck`], telling `on_cut` the zone and original tuple of every connection it
+    /// removes (so the data path can answer their next segments with a reset).
+    pub fn recheck_with_cut<F, C>(&mut self, mut check: F, mut on_cut: C) -> usize
+    where
+        F: FnMut(Zone, &FiveTuple, u64) -> Decision,
+        C: FnMut(Zone, &FiveTuple),
     {
         let mut cut = 0;
         for slot in 0..self.table.slot_count() {
@@ -473,6 +483,7 @@ impl ConnTrack {
             match check(Zone(entry.zone), &entry.orig, entry.mark) {
                 Decision::Allow { mark } => entry.mark = mark,
                 Decision::Deny { .. } => {
+                    on_cut(Zone(entry.zone), &entry.orig);
                     self.table.remove(slot);
                     cut += 1;
                 }

@@ -1031,15 +1031,21 @@ fn recheck_cuts_denied_and_preserves_the_rest() {
     let before = ct.lookup(Z, &web(), 0).unwrap().1;
 
     // New policy: UDP to odd source ports is no longer allowed; the rest move to rule 500.
-    let cut = ct.recheck(|zone, t, mark| {
-        assert_eq!(zone, Z);
-        if t.protocol == IpProtocol::Udp && t.src_port % 2 == 1 {
-            Decision::Deny { mark }
-        } else {
-            Decision::Allow { mark: 500 }
-        }
-    });
+    let mut reported = Vec::new();
+    let cut = ct.recheck_with_cut(
+        |zone, t, mark| {
+            assert_eq!(zone, Z);
+            if t.protocol == IpProtocol::Udp && t.src_port % 2 == 1 {
+                Decision::Deny { mark }
+            } else {
+                Decision::Allow { mark: 500 }
+            }
+        },
+        |zone, t| reported.push((zone, *t)),
+    );
     assert_eq!(cut, 2);
+    reported.sort_by_key(|(_, t)| t.src_port);
+    assert_eq!(reported, [(Z, udp_n(1)), (Z, udp_n(3))]);
     assert_eq!(ct.len(), 3);
     assert_eq!(ct.stats().recheck_cut, 2);
     ct.check_consistency().unwrap();

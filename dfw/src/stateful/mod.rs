@@ -213,26 +213,40 @@ impl StatefulFirewall {
     pub fn recheck(
         &mut self,
         snap: &PolicySnapshot,
+        endpoint_of: impl FnMut(Zone) -> Option<EndpointHandle>,
+    ) -> usize {
+        self.recheck_with_cut(snap, endpoint_of, |_, _| {})
+    }
+
+    /// [`Self::recheck`], telling `on_cut` the zone and original tuple of every connection
+    /// it cuts.
+    pub fn recheck_with_cut(
+        &mut self,
+        snap: &PolicySnapshot,
         mut endpoint_of: impl FnMut(Zone) -> Option<EndpointHandle>,
+        on_cut: impl FnMut(Zone, &FiveTuple),
     ) -> usize {
         let generation = snap.generation();
         // A fresh, compacted table: deciders no live connection uses any more are dropped.
         let mut fresh = MarkTable::with_epoch(self.marks.epoch().wrapping_add(1));
-        let cut = self.ct.recheck(|zone, tuple, mark| {
-            let deny = conntrack::Decision::Deny { mark };
-            let Some(direction) = Mark(mark).direction() else {
-                return deny;
-            };
-            let Some(endpoint) = endpoint_of(zone) else {
-                return deny;
-            };
-            match snap.decide(endpoint, direction, &tuple_query(tuple)) {
-                Some(d) if d.effective() == FlowAction::Allow => conntrack::Decision::Allow {
-                    mark: fresh.mark(&d, generation, true).0,
-                },
-                _ => deny,
-            }
-        });
+        let cut = self.ct.recheck_with_cut(
+            |zone, tuple, mark| {
+                let deny = conntrack::Decision::Deny { mark };
+                let Some(direction) = Mark(mark).direction() else {
+                    return deny;
+                };
+                let Some(endpoint) = endpoint_of(zone) else {
+                    return deny;
+                };
+                match snap.decide(endpoint, direction, &tuple_query(tuple)) {
+                    Some(d) if d.effective() == FlowAction::Allow => conntrack::Decision::Allow {
+                        mark: fresh.mark(&d, generation, true).0,
+                    },
+                    _ => deny,
+                }
+            },
+            on_cut,
+        );
         self.marks = fresh;
         cut
     }

@@ -33,6 +33,7 @@
 //! [`PacketFilter::end_batch`] runs a bounded expiry sweep of the vNIC's table.
 
 pub mod classify;
+pub mod cut;
 pub mod decision;
 
 use std::collections::BTreeMap;
@@ -136,6 +137,9 @@ fw_counters! {
     denied_ingress,
     /// Of the denied: refused by a reject rule (the sender was told).
     rejected,
+    /// Segments of connections a policy change cut, answered with an RST (counted in
+    /// `rejected` too).
+    cut_reset,
     /// Flows a blocking decision would have refused, forwarded in audit mode.
     audited,
     /// Control frames (ARP, ND/MLD, DHCP acquisition) passed without policy.
@@ -153,6 +157,8 @@ pub struct VnicFw {
     pub name: String,
     pub key: EndpointKey,
     sf: Mutex<StatefulFirewall>,
+    /// TCP connections the last re-checks cut, answered with an RST (see [`cut`]).
+    cut: Mutex<cut::CutSet>,
     pub counters: VnicFwCounters,
     limits: [RateLimiter; LIMITERS],
 }
@@ -325,6 +331,7 @@ impl Firewall {
             name: name.to_owned(),
             key,
             sf: Mutex::new(sf),
+            cut: Mutex::new(cut::CutSet::default()),
             counters: VnicFwCounters::default(),
             limits: std::array::from_fn(|_| RateLimiter::default()),
         });
@@ -374,7 +381,14 @@ impl Firewall {
             let before = sf.conntrack().len();
             report.checked += before;
             let cut = match (b.handle, st.snapshot.as_deref()) {
-                (Some(h), Some(snap)) => sf.recheck(snap, |z| (z == zone).then_some(h)),
+                (Some(h), Some(snap)) => {
+                    let mut cut_set = lock(&b.fw.cut);
+                    sf.recheck_with_cut(
+                        snap,
+                        |z| (z == zone).then_some(h),
+                        |_, orig| cut_set.insert(orig),
+                    )
+                }
                 _ => sf.conntrack_mut().flush_zone(zone),
             };
             report.cut += cut;
@@ -570,7 +584,16 @@ impl Firewall {
             Direction::Ingress => c.denied_ingress.fetch_add(1, Ordering::Relaxed),
         };
         st.count_rule(d.by.rule_id(), true, seen.meta.map_or(0, |m| m.len));
-        let (verdict, reason, out) = match d.reject_kind() {
+        // The next segment of a connection a policy change cut is reset, not left to time out.
+        let reset_cut =
+            d.reject_kind().is_none() && seen.meta.is_some_and(|m| lock(&fw.cut).answers(m));
+        if reset_cut {
+            c.cut_reset.fetch_add(1, Ordering::Relaxed);
+        }
+        let kind = d
+            .reject_kind()
+            .or(reset_cut.then_some(crate::filter::RejectKind::TcpRst));
+        let (verdict, reason, out) = match kind {
             Some(kind) => {
                 c.rejected.fetch_add(1, Ordering::Relaxed);
                 (

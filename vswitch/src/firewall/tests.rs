@@ -390,13 +390,19 @@ fn recheck_cuts_what_the_new_policy_refuses_and_keeps_the_rest() {
         "5432 in db's zone (db's ingress); web's egress still allows it"
     );
     assert_eq!(report.kept, 3);
-    // 6432 goes on; 5432's next segment is a new flow again and db's ingress refuses it.
+    // 6432 goes on; 5432's next segment is a new flow again, db's ingress refuses it, and
+    // since its connection was cut, web is told with an RST.
     assert_eq!(
         n.send(&web, &tcp(1, 2, 40000, 6432, 101, Some(501), false)),
         to(&db)
     );
     assert_eq!(
         n.send(&web, &tcp(1, 2, 40000, 5432, 101, Some(501), false)),
+        Disposition::Rejected { replied: true }
+    );
+    // Another connection's stray segment is only dropped.
+    assert_eq!(
+        n.send(&web, &tcp(1, 2, 40001, 5432, 101, Some(501), false)),
         Disposition::Dropped(DropReason::PolicyDenied)
     );
     assert_eq!(n.fw.status()[1].conntrack.recheck_cut, 1);
