@@ -1367,15 +1367,28 @@ def find_vdfwd(smoke: bool, build: bool) -> Optional[Path]:
     return None
 
 
-def vnic_counter(counters, vnic: str, key: str) -> Optional[int]:
+def vnic_counter(counters, vnic: str, key: str) -> Optional[int | dict]:
     """A per-vNIC counter from vdfwd's counters.json (a list of vNIC objects), if present."""
     if isinstance(counters, dict):
         counters = counters.get("vnics") or counters.get("ports")
     if not isinstance(counters, list):
         return None
     for v in counters:
-        if isinstance(v, dict) and v.get("name") == vnic and isinstance(v.get(key), int):
+        if isinstance(v, dict) and v.get("name") == vnic and isinstance(v.get(key), (int, dict)):
             return v[key]
+    return None
+
+
+def vnic_drop(counters, vnic: str, reason: str) -> Optional[int]:
+    """One drop reason of a vNIC from counters.json (absent reasons are 0)."""
+    if isinstance(counters, dict):
+        counters = counters.get("vnics") or counters.get("ports")
+    if not isinstance(counters, list):
+        return None
+    for v in counters:
+        if isinstance(v, dict) and v.get("name") == vnic and isinstance(v.get("drops"), dict):
+            n = v["drops"].get(reason, 0)
+            return n if isinstance(n, int) else None
     return None
 
 
@@ -1389,25 +1402,43 @@ def smoke_verdict(rows: list[dict], wanted: list[str], subjects: dict[str, Subje
         fails.append(f"ceiling delivered nothing: {ceil and (ceil.get('error') or ceil.get('skipped'))}")
     if "vdfwd" in wanted:
         why = subjects["vdfwd"].unavailable()
-        if why:
+        if why and (REPO / "vswitch" / "src" / "bin" / "vdfwd.rs").exists():
+            # The source is here, so CI must test it: a missing binary is a failure.
+            fails.append(f"vdfwd not run: {why}")
+        elif why:
             log(f"smoke: vdfwd not run ({why}); smoke covered the ceiling subject only")
         else:
             allow, deny = by.get(("vdfwd", "smoke-allow")), by.get(("vdfwd", "smoke-deny"))
             if not allow or allow.get("mpps") is None or allow["mpps"] < min_mpps:
                 fails.append(f"vdfwd with the allowing policy delivered {allow and allow.get('mpps')} Mpps "
                              f"(< {min_mpps}): {allow and allow.get('error')}")
+            else:
+                # Both directions must move: port 1 receives A's requests (policy allows them),
+                # port 0 B's answers (only connection tracking lets those through).
+                rx = allow.get("rx_packets_by_port") or {}
+                for port, what in (("1", "A->B (allowed by policy)"), ("0", "B->A replies (conntrack)")):
+                    if int(rx.get(port, 0)) == 0:
+                        fails.append(f"vdfwd with the allowing policy forwarded nothing {what}")
             if not deny or deny.get("mpps") is None:
                 fails.append(f"vdfwd deny run failed: {deny and deny.get('error')}")
-            elif int(deny["rx_packets_by_port"].get("1", 0)) > 0:
-                fails.append(f"vdfwd forwarded {deny['rx_packets_by_port']['1']} packets A->B that the policy denies")
+            elif any(int(v) > 0 for v in deny["rx_packets_by_port"].values()):
+                # A -> B is denied (A may open only UDP 1002) and B may open nothing: with no
+                # connection A -> B there is nothing B's packets could be a reply to.
+                fails.append(f"vdfwd forwarded {deny['rx_packets_by_port']} packets (by receiving generator "
+                             f"port) that the policy denies")
             else:
-                # Nothing forwarded proves something only if vdfwd received A's traffic.
+                # Nothing forwarded proves something only if vdfwd received A's traffic and the
+                # firewall, not something before it, refused it.
                 seen = vnic_counter(deny.get("counters"), "bench-a0", "tx_packets")
-                if seen is None:
-                    log("smoke: vdfwd counters.json has no tx_packets for bench-a0; cannot confirm the "
-                        "denied traffic reached vdfwd")
+                denied = vnic_drop(deny.get("counters"), "bench-a0", "policy_denied")
+                if seen is None or denied is None:
+                    log("smoke: vdfwd counters.json has no tx_packets/drops for bench-a0; cannot confirm the "
+                        "denied traffic reached the firewall")
                 elif seen == 0:
                     fails.append("vdfwd received nothing from vNIC A in the deny run: the deny check proves nothing")
+                elif denied == 0:
+                    fails.append(f"vdfwd forwarded nothing in the deny run but counted no policy_denied drop on "
+                                 f"bench-a0 (drops: {vnic_counter(deny.get('counters'), 'bench-a0', 'drops')})")
     return fails
 
 
