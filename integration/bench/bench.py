@@ -64,6 +64,7 @@ UDP_SRC = 1000
 UDP_DST = 1001
 NS = "bench"
 FLOWGEN_MAX = 2**31 - 1  # testpmd's limit: every packet of a short window is a new 5-tuple
+VDFWD_CONNTRACK_MAX = 1 << 21
 
 
 def mac_a(k: int) -> str:
@@ -838,7 +839,10 @@ def vdfwd_policies(rules: int, deny: bool) -> dict[str, str]:
 
 def vdfwd_config(sockets: list[Path], state_dir: Path, policy_dir: Path) -> str:
     """vdfwd TOML (format of configs/vdfwd.toml): one `connect` vNIC per generator socket."""
-    out = [f'state_dir = "{state_dir}"', f'policy_dir = "{policy_dir}"', ""]
+    # 2M entries per vNIC (the default is 64k): the flows figure goes to 1M concurrent flows
+    # and OVS's conntrack allows 3M by default. Entries are allocated as the table grows.
+    out = [f'state_dir = "{state_dir}"', f'policy_dir = "{policy_dir}"',
+           f"conntrack_max_per_vnic = {VDFWD_CONNTRACK_MAX}", ""]
     for i, s in enumerate(sockets):
         k, side = i // 2, "ab"[i % 2]
         ip = IP_A if side == "a" else IP_B
@@ -858,11 +862,13 @@ class VdfwdSubject(Subject):
     else (which policy, how many rules) comes from the case.
     """
 
-    def __init__(self, binary: Optional[Path], extra_args: list[str], firewall_off: bool = False) -> None:
+    def __init__(self, binary: Optional[Path], extra_args: list[str], firewall_off: bool = False,
+                 label: str = "") -> None:
         self.binary = binary
         self.firewall_off = firewall_off
         self.extra_args = extra_args + (["--insecure-allow-all"] if firewall_off else [])
-        self.name = "vdfwd-nofw" if firewall_off else "vdfwd"
+        # A label names another vdfwd build measured in the same run (--vdfwd-variant).
+        self.name = ("vdfwd-nofw" if firewall_off else "vdfwd") + (f"@{label}" if label else "")
         self.description = (
             "vdfwd --insecure-allow-all: the vhost-user data path and spoof guard without the firewall"
             if firewall_off else
@@ -1145,7 +1151,7 @@ def plot(results_json: Path, png: Path) -> Optional[str]:
                 # Error bars: the slowest and fastest 1-s interval of the window.
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
                             yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
-                            marker="o", capsize=3, label=subj, color=colors.get(subj))
+                            marker="o", capsize=3, label=subj, color=colors.get(subj.split("@")[0]) if "@" not in subj else None)
         ax.set_ylim(bottom=0)
         if not ax.lines:
             ax.text(0.5, 0.5, "not in this run", ha="center", va="center", transform=ax.transAxes)
@@ -1161,7 +1167,7 @@ def plot(results_json: Path, png: Path) -> Optional[str]:
     for subj in sorted({r["subject"] for r in res}):
         pts = sorted((r["x"], r["gbps"]) for r in res if r["figure"] == "established" and r["subject"] == subj)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=subj, color=colors.get(subj))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=subj, color=colors.get(subj.split("@")[0]) if "@" not in subj else None)
     ax.set_title("Gbps vs frame bytes (established)")
     ax.set_xlabel("frame bytes")
     ax.set_ylabel("Gbps")
@@ -1169,7 +1175,7 @@ def plot(results_json: Path, png: Path) -> Optional[str]:
     ax.legend()
     ax = axes.flat[5]
     nc = [r for r in res if r["figure"] == "newconn"]
-    ax.bar([r["subject"] for r in nc], [r["mpps"] for r in nc], color=[colors.get(r["subject"]) for r in nc])
+    ax.bar([r["subject"] for r in nc], [r["mpps"] for r in nc], color=[colors.get(r["subject"], "tab:purple") for r in nc])
     ax.set_title("new connections per second (M/s)")
     m = doc["machine"]
     fig.suptitle(f"vdfw bench, {m['date']}: {m['nproc']} CPUs {m['cpu_model']}, kernel {m['kernel']} "
@@ -1191,6 +1197,9 @@ def main() -> int:
     ap.add_argument("--vdfwd", type=Path, help="vdfwd binary (default: build/find this checkout's, in $CARGO_TARGET_DIR or target/)")
     ap.add_argument("--no-build", action="store_true", help="do not build vdfwd when its binary is missing")
     ap.add_argument("--vdfwd-arg", action="append", default=[], help="extra vdfwd argument (repeatable)")
+    ap.add_argument("--vdfwd-variant", action="append", default=[], metavar="LABEL=PATH",
+                    help="another vdfwd binary measured in the same run as subjects vdfwd@LABEL and "
+                         "vdfwd-nofw@LABEL (e.g. the build before an optimisation; repeatable)")
     ap.add_argument("--warmup", type=float, help="seconds before sampling (default 1.5, smoke 1)")
     ap.add_argument("--window", type=float, help="sampling window in seconds (default 4, smoke 2)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds per case (subjects interleaved in each round)")
@@ -1239,6 +1248,13 @@ def main() -> int:
         "vdfwd": VdfwdSubject(vbin, args.vdfwd_arg),
         "vdfwd-nofw": VdfwdSubject(vbin, args.vdfwd_arg, firewall_off=True),
     }
+    for v in args.vdfwd_variant:
+        label, sep, path = v.partition("=")
+        if not sep or not label or not path:
+            ap.error(f"--vdfwd-variant wants LABEL=PATH, got {v!r}")
+        for off in (False, True):
+            subj = VdfwdSubject(Path(path), args.vdfwd_arg, firewall_off=off, label=label)
+            all_subjects[subj.name] = subj
     wanted = [s for s in args.subjects.split(",") if s]
     for s in wanted:
         if s not in all_subjects:
@@ -1367,15 +1383,28 @@ def find_vdfwd(smoke: bool, build: bool) -> Optional[Path]:
     return None
 
 
-def vnic_counter(counters, vnic: str, key: str) -> Optional[int]:
+def vnic_counter(counters, vnic: str, key: str) -> Optional[int | dict]:
     """A per-vNIC counter from vdfwd's counters.json (a list of vNIC objects), if present."""
     if isinstance(counters, dict):
         counters = counters.get("vnics") or counters.get("ports")
     if not isinstance(counters, list):
         return None
     for v in counters:
-        if isinstance(v, dict) and v.get("name") == vnic and isinstance(v.get(key), int):
+        if isinstance(v, dict) and v.get("name") == vnic and isinstance(v.get(key), (int, dict)):
             return v[key]
+    return None
+
+
+def vnic_drop(counters, vnic: str, reason: str) -> Optional[int]:
+    """One drop reason of a vNIC from counters.json (absent reasons are 0)."""
+    if isinstance(counters, dict):
+        counters = counters.get("vnics") or counters.get("ports")
+    if not isinstance(counters, list):
+        return None
+    for v in counters:
+        if isinstance(v, dict) and v.get("name") == vnic and isinstance(v.get("drops"), dict):
+            n = v["drops"].get(reason, 0)
+            return n if isinstance(n, int) else None
     return None
 
 
@@ -1389,25 +1418,43 @@ def smoke_verdict(rows: list[dict], wanted: list[str], subjects: dict[str, Subje
         fails.append(f"ceiling delivered nothing: {ceil and (ceil.get('error') or ceil.get('skipped'))}")
     if "vdfwd" in wanted:
         why = subjects["vdfwd"].unavailable()
-        if why:
+        if why and (REPO / "vswitch" / "src" / "bin" / "vdfwd.rs").exists():
+            # The source is here, so CI must test it: a missing binary is a failure.
+            fails.append(f"vdfwd not run: {why}")
+        elif why:
             log(f"smoke: vdfwd not run ({why}); smoke covered the ceiling subject only")
         else:
             allow, deny = by.get(("vdfwd", "smoke-allow")), by.get(("vdfwd", "smoke-deny"))
             if not allow or allow.get("mpps") is None or allow["mpps"] < min_mpps:
                 fails.append(f"vdfwd with the allowing policy delivered {allow and allow.get('mpps')} Mpps "
                              f"(< {min_mpps}): {allow and allow.get('error')}")
+            else:
+                # Both directions must move: port 1 receives A's requests (policy allows them),
+                # port 0 B's answers (only connection tracking lets those through).
+                rx = allow.get("rx_packets_by_port") or {}
+                for port, what in (("1", "A->B (allowed by policy)"), ("0", "B->A replies (conntrack)")):
+                    if int(rx.get(port, 0)) == 0:
+                        fails.append(f"vdfwd with the allowing policy forwarded nothing {what}")
             if not deny or deny.get("mpps") is None:
                 fails.append(f"vdfwd deny run failed: {deny and deny.get('error')}")
-            elif int(deny["rx_packets_by_port"].get("1", 0)) > 0:
-                fails.append(f"vdfwd forwarded {deny['rx_packets_by_port']['1']} packets A->B that the policy denies")
+            elif any(int(v) > 0 for v in deny["rx_packets_by_port"].values()):
+                # A -> B is denied (A may open only UDP 1002) and B may open nothing: with no
+                # connection A -> B there is nothing B's packets could be a reply to.
+                fails.append(f"vdfwd forwarded {deny['rx_packets_by_port']} packets (by receiving generator "
+                             f"port) that the policy denies")
             else:
-                # Nothing forwarded proves something only if vdfwd received A's traffic.
+                # Nothing forwarded proves something only if vdfwd received A's traffic and the
+                # firewall, not something before it, refused it.
                 seen = vnic_counter(deny.get("counters"), "bench-a0", "tx_packets")
-                if seen is None:
-                    log("smoke: vdfwd counters.json has no tx_packets for bench-a0; cannot confirm the "
-                        "denied traffic reached vdfwd")
+                denied = vnic_drop(deny.get("counters"), "bench-a0", "policy_denied")
+                if seen is None or denied is None:
+                    log("smoke: vdfwd counters.json has no tx_packets/drops for bench-a0; cannot confirm the "
+                        "denied traffic reached the firewall")
                 elif seen == 0:
                     fails.append("vdfwd received nothing from vNIC A in the deny run: the deny check proves nothing")
+                elif denied == 0:
+                    fails.append(f"vdfwd forwarded nothing in the deny run but counted no policy_denied drop on "
+                                 f"bench-a0 (drops: {vnic_counter(deny.get('counters'), 'bench-a0', 'drops')})")
     return fails
 
 

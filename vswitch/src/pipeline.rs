@@ -26,7 +26,7 @@ use crate::filter::{FilterContext, FilterVerdict, PacketFilter};
 use crate::net_hdr::{OffloadSet, VirtioNetHdr};
 use crate::offload::FrameMeta;
 use crate::packet::ParsedPacket;
-use crate::port::{PortId, PortRef, UplinkPort, VnicPort};
+use crate::port::{DirectBatch, PortId, PortRef, UplinkPort, VnicPort};
 use crate::reject::build_reject;
 use crate::spoof;
 use crate::switch::{Egress, PortTable, TableError};
@@ -46,13 +46,32 @@ pub enum Disposition {
 #[derive(Debug, Default)]
 pub struct Scratch {
     reply: Vec<u8>,
+    /// Receivers written to directly in the current batch (disabled unless the owner
+    /// finishes batches, see [`Scratch::batched`]).
+    pub direct: DirectBatch,
 }
 
 impl Scratch {
+    /// Scratch whose deliveries go through the receivers' inboxes.
     pub fn new() -> Scratch {
         Scratch {
             reply: Vec::with_capacity(1600),
+            direct: DirectBatch::default(),
         }
+    }
+
+    /// Scratch that may write frames straight into receivers' RX rings. The owner must call
+    /// [`Scratch::finish_batch`] after each batch, or receivers are never signalled.
+    pub fn batched() -> Scratch {
+        Scratch {
+            reply: Vec::with_capacity(1600),
+            direct: DirectBatch::enabled(),
+        }
+    }
+
+    /// Signals the receivers written to directly since the last call; returns how many.
+    pub fn finish_batch(&mut self) -> usize {
+        self.direct.finish()
     }
 }
 
@@ -246,11 +265,13 @@ impl Pipeline {
         };
         let verdict = self.filter.load().0.filter(&ctx, pkt);
         match verdict {
-            FilterVerdict::Forward => match deliver(table, egress, frame, meta) {
-                Ok(()) => Disposition::Forwarded(egress),
-                // Counted on the egress port by `deliver`.
-                Err(reason) => Disposition::Dropped(reason),
-            },
+            FilterVerdict::Forward => {
+                match deliver(table, egress, frame, meta, &mut scratch.direct) {
+                    Ok(()) => Disposition::Forwarded(egress),
+                    // Counted on the egress port by `deliver`.
+                    Err(reason) => Disposition::Dropped(reason),
+                }
+            }
             FilterVerdict::Drop(why) => {
                 ingress_counters.count_drop(why.reason());
                 Disposition::Dropped(why.reason())
@@ -258,7 +279,7 @@ impl Pipeline {
             FilterVerdict::Reject(kind) => {
                 ingress_counters.count_drop(DropReason::PolicyRejected);
                 let replied = build_reject(pkt, frame, kind, &mut scratch.reply).is_ok()
-                    && deliver_back(table, ingress, &scratch.reply).is_ok();
+                    && deliver_back(table, ingress, &scratch.reply, &mut scratch.direct).is_ok();
                 Disposition::Rejected { replied }
             }
         }
@@ -271,10 +292,11 @@ fn deliver(
     egress: Egress,
     frame: &[u8],
     meta: FrameMeta,
+    direct: &mut DirectBatch,
 ) -> Result<(), DropReason> {
     match egress {
         Egress::Vnic(id) => match table.vnic(id) {
-            Some(port) => port.deliver(frame, meta),
+            Some(port) => port.deliver_batched(frame, meta, direct),
             None => Err(DropReason::NoRoute),
         },
         Egress::Uplink => {
@@ -300,12 +322,17 @@ fn deliver(
 }
 
 /// Sends a reject reply (complete checksums, no offloads) back out of the ingress port.
-fn deliver_back(table: &PortTable, ingress: PortRef, reply: &[u8]) -> Result<(), DropReason> {
+fn deliver_back(
+    table: &PortTable,
+    ingress: PortRef,
+    reply: &[u8],
+    direct: &mut DirectBatch,
+) -> Result<(), DropReason> {
     let egress = match ingress {
         PortRef::Vnic(id) => Egress::Vnic(id),
         PortRef::Uplink => Egress::Uplink,
     };
-    deliver(table, egress, reply, FrameMeta::plain(reply.len()))
+    deliver(table, egress, reply, FrameMeta::plain(reply.len()), direct)
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 
 use crate::counters::{DropReason, PortCounters};
 use crate::inbox::{Inbox, DEFAULT_INBOX_CAPACITY};
@@ -59,6 +62,84 @@ pub struct VnicIdentity {
     pub named_ports: Vec<NamedPort>,
 }
 
+/// What a direct write into a guest's RX ring came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectWrite {
+    /// In the guest's used ring (counted as received); the guest is signalled at batch end.
+    Written,
+    /// Refused by the guest's ring (bad chain, buffer too small): counted by the caller.
+    Dropped(DropReason),
+    /// Cannot be done right now without waiting (the receiver's worker holds the ring,
+    /// frames are already waiting in the inbox, no RX buffer is posted, the frame needs
+    /// segmenting or a checksum completed): queue it in the inbox instead.
+    Unavailable,
+}
+
+/// The RX virtqueue of a vNIC's current frontend session, writable from other ports'
+/// workers. Writing a frame straight into the receiver's ring saves the inbox copy, its lock
+/// and the receiver's wake-up; the receiver's own worker still owns everything that waits
+/// (backlog, notification arming, segmentation).
+pub trait RxSink: Send + Sync {
+    /// Writes `frame` into the guest's RX ring now, or says why not. Never blocks on the
+    /// receiver's worker.
+    fn try_write(&self, frame: &[u8], meta: &FrameMeta) -> DirectWrite;
+    /// Signals the guest for the frames written since the last call (if its EVENT_IDX
+    /// settings ask for it).
+    fn notify(&self);
+}
+
+/// A vNIC's current [`RxSink`] (none while no frontend session runs).
+struct SinkSlot(Arc<dyn RxSink>);
+
+/// Receivers written to directly during one batch of frames, signalled once at its end.
+///
+/// Only a caller that calls [`DirectBatch::finish`] after every batch may enable it (the
+/// vNIC TX worker does); a disabled batch makes every delivery go through the inbox.
+#[derive(Default)]
+pub struct DirectBatch {
+    enabled: bool,
+    touched: Vec<Arc<dyn RxSink>>,
+}
+
+impl fmt::Debug for DirectBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DirectBatch")
+            .field("enabled", &self.enabled)
+            .field("touched", &self.touched.len())
+            .finish()
+    }
+}
+
+impl DirectBatch {
+    /// A batch that allows direct writes; the owner must call [`DirectBatch::finish`].
+    pub fn enabled() -> DirectBatch {
+        DirectBatch {
+            enabled: true,
+            // A batch rarely reaches more than a few receivers; growing is a one-off.
+            touched: Vec::with_capacity(8),
+        }
+    }
+
+    fn touch(&mut self, sink: &Arc<dyn RxSink>) {
+        if !self
+            .touched
+            .iter()
+            .any(|s| std::ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(sink)))
+        {
+            self.touched.push(sink.clone());
+        }
+    }
+
+    /// Signals every receiver written to since the last call, once each. Returns how many.
+    pub fn finish(&mut self) -> usize {
+        let n = self.touched.len();
+        for s in self.touched.drain(..) {
+            s.notify();
+        }
+        n
+    }
+}
+
 /// The long-lived state of one vNIC.
 pub struct VnicPort {
     pub id: PortId,
@@ -70,6 +151,8 @@ pub struct VnicPort {
     rx_ready: AtomicBool,
     /// Virtio features acked by the current frontend (0 when disconnected).
     acked_features: AtomicU64,
+    /// The current session's RX ring for direct writes (see [`RxSink`]).
+    rx_sink: ArcSwapOption<SinkSlot>,
 }
 
 impl fmt::Debug for VnicPort {
@@ -107,6 +190,7 @@ impl VnicPort {
             inbox: Inbox::new(capacity)?,
             rx_ready: AtomicBool::new(false),
             acked_features: AtomicU64::new(0),
+            rx_sink: ArcSwapOption::empty(),
         })
     }
 
@@ -148,12 +232,45 @@ impl VnicPort {
         self.rx_ready.store(ready, Ordering::Release);
     }
 
+    /// Installs (or, with `None`, removes) the current session's RX ring for direct writes.
+    /// Driven by the device backend; the session removes itself when it closes.
+    pub fn set_rx_sink(&self, sink: Option<Arc<dyn RxSink>>) {
+        self.rx_sink.store(sink.map(|s| Arc::new(SinkSlot(s))));
+    }
+
     /// Queues a frame for this vNIC's guest. Counts and reports the drop reason on failure.
     pub fn deliver(&self, frame: &[u8], meta: FrameMeta) -> Result<(), DropReason> {
         self.deliver_with(|buf| {
             buf.extend_from_slice(frame);
             Some(meta)
         })
+    }
+
+    /// Like [`VnicPort::deliver`], but writes the frame straight into the guest's RX ring
+    /// when `batch` allows it and the ring can take it now (the receiver is then signalled by
+    /// `batch.finish()`); otherwise queues it in the inbox.
+    pub fn deliver_batched(
+        &self,
+        frame: &[u8],
+        meta: FrameMeta,
+        batch: &mut DirectBatch,
+    ) -> Result<(), DropReason> {
+        if batch.enabled && self.is_rx_ready() {
+            if let Some(slot) = &*self.rx_sink.load() {
+                match slot.0.try_write(frame, &meta) {
+                    DirectWrite::Written => {
+                        batch.touch(&slot.0);
+                        return Ok(());
+                    }
+                    DirectWrite::Dropped(reason) => {
+                        self.counters.count_drop(reason);
+                        return Err(reason);
+                    }
+                    DirectWrite::Unavailable => {}
+                }
+            }
+        }
+        self.deliver(frame, meta)
     }
 
     /// Like [`VnicPort::deliver`], with the frame written by `fill` straight into the inbox

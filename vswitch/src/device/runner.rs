@@ -36,7 +36,7 @@ use vhost_user_backend::VhostUserDaemon;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::backend::{VnicBackend, INBOX_EVENT};
+use super::backend::{VnicBackend, INBOX_EVENT, TX_RESUME_EVENT};
 use super::shim::{relay, RelayEnd};
 use crate::pipeline::Pipeline;
 use crate::port::VnicPort;
@@ -87,14 +87,74 @@ pub struct VnicRunner {
     role: SocketRole,
 }
 
+/// Prefix of the per-process relay-socket directories in the temp dir (`vdfwd-<pid>`).
+const INTERNAL_DIR_PREFIX: &str = "vdfwd-";
+
 /// Private directory for the handler-side relay sockets.
+///
+/// A process that was SIGKILLed never removed its directory, so the first call also removes
+/// the stale ones of dead processes (see [`remove_stale_internal_dirs`]).
 fn internal_dir() -> io::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("vdfwd-{}", std::process::id()));
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    let tmp = std::env::temp_dir();
+    SWEEP.call_once(|| {
+        let n = remove_stale_internal_dirs(&tmp);
+        if n > 0 {
+            info!("removed {n} stale relay-socket dir(s) of dead vdfwd processes in {tmp:?}");
+        }
+    });
+    let dir = tmp.join(format!("{INTERNAL_DIR_PREFIX}{}", std::process::id()));
     match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => Ok(dir),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(dir),
         Err(e) => Err(e),
     }
+}
+
+/// Removes `<tmp>/vdfwd-<pid>` directories owned by us whose process no longer exists.
+/// Returns how many were removed. A live process with a reused pid keeps its directory
+/// (harmless: it is only a leftover), and anything that is not our own plain directory with
+/// exactly that name form is left alone.
+pub(crate) fn remove_stale_internal_dirs(tmp: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return 0;
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(INTERNAL_DIR_PREFIX))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<libc::pid_t>().ok())
+            .filter(|p| *p > 0)
+        else {
+            continue;
+        };
+        if pid == std::process::id() as libc::pid_t || process_alive(pid) {
+            continue;
+        }
+        // symlink_metadata: never follow a link planted under the name.
+        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if !md.is_dir() || std::os::unix::fs::MetadataExt::uid(&md) != me {
+            continue;
+        }
+        if std::fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Whether a process with this pid exists (EPERM: it exists, owned by someone else).
+fn process_alive(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 performs only the existence and permission check.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 fn bind(path: &Path) -> Result<UnixListener, RunnerError> {
@@ -269,10 +329,16 @@ impl Session {
         self.port.name()
     }
 
-    /// A daemon + backend pair for one frontend session, with the port's inbox doorbell
-    /// registered in the worker's epoll set.
+    /// A daemon + backend pair for one frontend session, with the port's inbox doorbell and
+    /// the session's TX resume doorbell registered in the worker's epoll set.
     fn new_daemon(&self) -> Option<(Daemon, VnicBackend)> {
-        let backend = VnicBackend::new(self.port.clone(), self.pipeline.clone());
+        let backend = match VnicBackend::new(self.port.clone(), self.pipeline.clone()) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(port = %self.name(), "cannot create the backend's eventfd: {e}");
+                return None;
+            }
+        };
         let daemon =
             match VhostUserDaemon::new(self.name().to_owned(), backend.clone(), backend.memory()) {
                 Ok(d) => d,
@@ -283,14 +349,16 @@ impl Session {
                 }
             };
         for h in daemon.get_epoll_handlers() {
-            if let Err(e) = h.register_listener(
-                self.port.inbox.as_raw_fd(),
-                EventSet::IN,
-                INBOX_EVENT as u64,
-            ) {
-                warn!(port = %self.name(), "cannot register inbox doorbell: {e}");
-                backend.close();
-                return None;
+            let doorbells = [
+                (self.port.inbox.as_raw_fd(), INBOX_EVENT, "inbox"),
+                (backend.tx_resume_fd(), TX_RESUME_EVENT, "TX resume"),
+            ];
+            for (fd, token, what) in doorbells {
+                if let Err(e) = h.register_listener(fd, EventSet::IN, token as u64) {
+                    warn!(port = %self.name(), "cannot register {what} doorbell: {e}");
+                    backend.close();
+                    return None;
+                }
             }
         }
         Some((daemon, backend))
@@ -403,4 +471,43 @@ fn connect_loop(session: &Session, path: &Path, ctl: &Control) {
         }
     }
     debug!(port = %session.name(), "connect loop stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pid of a process that has exited and been reaped.
+    fn dead_pid() -> u32 {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    }
+
+    #[test]
+    fn stale_relay_dirs_of_dead_processes_are_removed() {
+        let tmp = std::env::temp_dir().join(format!("vdfwd-test-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).unwrap();
+        let dead = tmp.join(format!("vdfwd-{}", dead_pid()));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("vnic1-0.sock"), b"").unwrap();
+        let mine = tmp.join(format!("vdfwd-{}", std::process::id()));
+        let init = tmp.join("vdfwd-1"); // pid 1 is alive
+        let other = tmp.join("vdfwd-notapid");
+        for d in [&mine, &init, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let file = tmp.join(format!("vdfwd-{}", dead_pid()));
+        std::fs::write(&file, b"not a dir").unwrap();
+
+        assert_eq!(remove_stale_internal_dirs(&tmp), 1);
+        assert!(!dead.exists(), "the dead process's dir is gone");
+        for kept in [&mine, &init, &other, &file] {
+            assert!(kept.exists(), "{kept:?} must be kept");
+        }
+        assert_eq!(remove_stale_internal_dirs(&tmp), 0);
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 }
