@@ -540,3 +540,86 @@ fn vdfwd_reloads_on_sighup_and_keeps_the_policy_on_a_bad_set() {
     assert!(status.success(), "{status:?}");
     assert!(!s.cfg.vnics[0].socket.exists(), "socket removed on exit");
 }
+
+// --- vNICs registered through the control plane ----------------------------------------
+
+#[test]
+fn a_vnic_registered_through_the_controller_is_served_and_follows_its_labels() {
+    let s = Setup::new(&[("allow-8080.yaml", ALLOW_8080)]);
+    let mut r = start(&s);
+    let ctl = r.d.controller().clone();
+    // A fourth VM, registered at run time (as `vdfwctl endpoint` does), labelled app=x:
+    // b's ingress admits only app=a.
+    let mut x = vnic(s.dir.path(), 4, "x");
+    x.labels = [("app".to_owned(), "x".to_owned())].into();
+    let mut spec = vswitch::daemon::endpoint_spec(&x).unwrap();
+    let rev = ctl.upsert_endpoint(spec.clone()).unwrap().revision;
+    assert!(
+        x.socket.exists(),
+        "registering serves the vhost-user socket"
+    );
+    let id = r.d.vnic_id("x-eth0").expect("the port exists");
+    let px = r.d.dataplane().pipeline().table().vnic(id).unwrap().clone();
+    let mut vx = TestVm::connect(&x.socket, GuestConfig::full());
+    wait_rx_ready(&px);
+    vx.post_rx(64, 2048);
+    send(&mut vx, &tcp(4, 2, 41000, 8080, Seg::Syn));
+    assert_nothing(&mut r.b);
+    assert_eq!(px.counters.drops(DropReason::PolicyDenied), 1);
+
+    // Relabelled app=a: the same port (no reconnect), re-realized at once.
+    spec.labels = [("app".to_owned(), "a".to_owned())].into();
+    assert!(ctl.upsert_endpoint(spec.clone()).unwrap().revision > rev);
+    assert_eq!(
+        r.d.vnic_id("x-eth0"),
+        Some(id),
+        "a label change keeps the port"
+    );
+    let syn = tcp(4, 2, 41001, 8080, Seg::Syn);
+    send(&mut vx, &syn);
+    assert_arrives(&mut r.b, &syn);
+
+    // Removed: the socket goes, the endpoint is gone from the realized state.
+    ctl.remove_endpoint(&spec.key()).unwrap();
+    assert!(r.d.vnic_id("x-eth0").is_none());
+    assert!(!x.socket.exists(), "removing tears the socket down");
+    assert!(ctl.realized().snapshot.endpoint(&spec.key()).is_none());
+    drop(vx);
+}
+
+#[test]
+fn api_registered_vnics_and_policies_survive_a_restart_config_vnics_follow_the_file() {
+    let mut s = Setup::new(&[("allow-8080.yaml", ALLOW_8080)]);
+    let x = vnic(s.dir.path(), 4, "x");
+    {
+        let d = Daemon::start(s.cfg.clone(), FilterMode::Firewall).unwrap();
+        d.controller()
+            .upsert_endpoint(vswitch::daemon::endpoint_spec(&x).unwrap())
+            .unwrap();
+        d.controller()
+            .apply(
+                &[api::controller::InputFile {
+                    file: "via-api.yaml".into(),
+                    text: ALLOW_9090.into(),
+                    content_type: None,
+                }],
+                false,
+            )
+            .unwrap();
+        assert_eq!(d.status().policy.policies, 2);
+    }
+    // c is dropped from the configuration file.
+    s.cfg.vnics.retain(|v| v.name != "c-eth0");
+    let d = Daemon::start(s.cfg.clone(), FilterMode::Firewall).unwrap();
+    assert!(d.vnic_id("x-eth0").is_some(), "API-registered vNIC is back");
+    assert!(x.socket.exists());
+    assert!(d.vnic_id("c-eth0").is_none(), "c left the config file");
+    let names: Vec<String> = d
+        .controller()
+        .realized()
+        .policies
+        .iter()
+        .map(|p| p.key.name.clone())
+        .collect();
+    assert_eq!(names, ["b-8080-from-a", "b-9090-from-a"]);
+}
