@@ -261,6 +261,13 @@ impl VdfwdConfig {
         let path = |p: &Path| toml::Value::from(p.display().to_string());
         table.insert("state_dir".into(), path(state_dir));
         table.insert("policy_dir".into(), path(policy_dir));
+        // An `[api]` section without `unix_socket` would put the socket in vdfwd's default
+        // /run/vdfw/api.sock, shared by every vdfwd of a test run: keep it in the state dir,
+        // where [`Vdfwd::api_socket`] looks for it.
+        if let Some(api) = table.get_mut("api").and_then(toml::Value::as_table_mut) {
+            api.entry("unix_socket")
+                .or_insert_with(|| path(&state_dir.join("api.sock")));
+        }
         let vnics = self.vnics(socket_dir)?;
         if let Some(toml::Value::Array(list)) = table.get_mut("vnic") {
             for (v, info) in list.iter_mut().zip(&vnics) {
@@ -662,6 +669,26 @@ impl Vdfwd {
     /// The API's unix socket (vdfwd's default without an `[api]` section).
     pub fn api_socket(&self) -> PathBuf {
         self.state_dir().join("api.sock")
+    }
+
+    /// The address of the API's TCP listener (`[api] tcp.listen`, e.g. `127.0.0.1:0`) as
+    /// bound by the current run, read from its "API listening (TCP" log line.
+    pub fn api_tcp_addr(&self) -> Result<std::net::SocketAddr> {
+        let log = self.log();
+        let this_run = log
+            .rsplit_once("=== harness: vdfwd start #")
+            .map_or(log.as_str(), |(_, run)| run);
+        this_run
+            .lines()
+            .filter(|l| l.contains("API listening (TCP"))
+            .filter_map(|l| l.split_once(" addr=").map(|(_, a)| a))
+            .filter_map(|a| a.split_whitespace().next()?.parse().ok())
+            .next_back()
+            .ok_or_else(|| Error::Vdfwd {
+                message: "no \"API listening (TCP\" line in this run's log: is [api] tcp set?"
+                    .into(),
+                log: self.log_tail(),
+            })
     }
 
     /// Runs `vdfwctl ARGS` against this vdfwd's API socket (`-o json` is up to the caller).
