@@ -66,6 +66,10 @@ struct State {
     vnics: BTreeMap<EndpointKey, (PortId, VnicConfig)>,
     published: Option<Arc<RealizedState>>,
     last_publish: Option<PublishReport>,
+    /// The names the last catalog was built from, before the ones it carried over were
+    /// merged in: only these are carried into the next one, so the catalog holds two
+    /// generations of names rather than every rule ever published.
+    catalog_names: FlowCatalog,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,6 +102,7 @@ impl Enforcer {
                 vnics: BTreeMap::new(),
                 published: None,
                 last_publish: None,
+                catalog_names: FlowCatalog::default(),
             }),
         }
     }
@@ -143,8 +148,7 @@ impl Enforcer {
 
     /// Names for the flow log and the rule counters: vNICs, rules, policies. Names of the
     /// previous catalog are kept, so events queued just before a change still resolve.
-    fn publish_catalog(&self, st: &State) {
-        let old = self.flowlog.catalog();
+    fn publish_catalog(&self, st: &mut State) {
         let mut cat = FlowCatalog {
             snapshot: self.firewall.snapshot(),
             vnics: st
@@ -175,17 +179,27 @@ impl Enforcer {
                 );
             }
         }
-        for (id, info) in &old.rules {
-            cat.rules.entry(*id).or_insert_with(|| info.clone());
+        let old = std::mem::replace(
+            &mut st.catalog_names,
+            FlowCatalog {
+                snapshot: None,
+                vnics: cat.vnics.clone(),
+                rules: cat.rules.clone(),
+                policies: cat.policies.clone(),
+                policy_keys: cat.policy_keys.clone(),
+            },
+        );
+        for (id, info) in old.rules {
+            cat.rules.entry(id).or_insert(info);
         }
-        for (tag, key) in &old.policies {
-            cat.policies.entry(*tag).or_insert_with(|| key.clone());
+        for (tag, key) in old.policies {
+            cat.policies.entry(tag).or_insert(key);
         }
-        for (tag, key) in &old.policy_keys {
-            cat.policy_keys.entry(*tag).or_insert_with(|| key.clone());
+        for (tag, key) in old.policy_keys {
+            cat.policy_keys.entry(tag).or_insert(key);
         }
-        for (id, name) in &old.vnics {
-            cat.vnics.entry(*id).or_insert_with(|| name.clone());
+        for (id, name) in old.vnics {
+            cat.vnics.entry(id).or_insert(name);
         }
         self.flowlog.set_catalog(cat);
     }
@@ -269,7 +283,7 @@ impl DataPlane for Enforcer {
         };
         let revision = state.revision;
         st.published = Some(state);
-        self.publish_catalog(&st);
+        self.publish_catalog(&mut st);
         if first {
             // Policy is realized: only now may anything be forwarded.
             let filter: Arc<dyn PacketFilter> = match self.mode {
@@ -318,7 +332,7 @@ impl DataPlane for Enforcer {
         if let Some((id, old)) = st.vnics.get(&key).cloned() {
             if same_port(&old, &cfg) {
                 st.vnics.insert(key, (id, cfg));
-                self.publish_catalog(&st);
+                self.publish_catalog(&mut st);
                 return Ok(());
             }
             // Socket, MAC or addresses changed: the port is rebuilt (the VMM reconnects).
@@ -339,7 +353,7 @@ impl DataPlane for Enforcer {
         }
         info!(vnic = %cfg.name, endpoint = %key, socket = %cfg.socket.display(), role = ?cfg.role, mac = %cfg.mac, "vNIC served");
         st.vnics.insert(key, (id, cfg));
-        self.publish_catalog(&st);
+        self.publish_catalog(&mut st);
         Ok(())
     }
 
@@ -354,7 +368,7 @@ impl DataPlane for Enforcer {
         }
         self.firewall.unbind_vnic(id);
         info!(vnic = %cfg.name, endpoint = %endpoint, "vNIC removed");
-        self.publish_catalog(&st);
+        self.publish_catalog(&mut st);
         Ok(())
     }
 
