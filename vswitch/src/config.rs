@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use api::server::ApiConfig;
+use api::server::{ApiConfig, TcpConfig};
 use dfw::flow::IpProtocol;
 use dfw::model::{Endpoint, EndpointKind, NamedPort as ModelNamedPort, Namespace};
 
@@ -76,7 +76,7 @@ pub struct Config {
     /// The REST + gRPC API. Without this section it listens only on `<state_dir>/api.sock`
     /// (mode 0600: root only); see [`Config::api_config`].
     #[serde(default)]
-    pub api: Option<ApiConfig>,
+    pub api: Option<ApiSection>,
     #[serde(default, rename = "vnic")]
     pub vnics: Vec<VnicConfig>,
 }
@@ -94,6 +94,18 @@ pub struct NamespaceConfig {
     pub name: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// `[api]`: where the REST + gRPC API listens.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// The unix socket (mode 0600); default `<state_dir>/api.sock`.
+    #[serde(default)]
+    pub unix_socket: Option<PathBuf>,
+    /// An optional TCP listener (bearer token required; TLS / mutual TLS optional).
+    #[serde(default)]
+    pub tcp: Option<TcpConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,10 +233,13 @@ impl Config {
     /// The API listeners in effect: the `[api]` section, or the unix socket
     /// `<state_dir>/api.sock` alone.
     pub fn api_config(&self) -> ApiConfig {
-        self.api.clone().unwrap_or_else(|| ApiConfig {
-            unix_socket: self.state_dir.join("api.sock"),
-            tcp: None,
-        })
+        let section = self.api.clone().unwrap_or_default();
+        ApiConfig {
+            unix_socket: section
+                .unix_socket
+                .unwrap_or_else(|| self.state_dir.join("api.sock")),
+            tcp: section.tcp,
+        }
     }
 
     /// The namespaces as the policy engine takes them.
@@ -324,6 +339,24 @@ mod tests {
         let e = v.endpoint().unwrap();
         assert_eq!(e.named_ports["http"].port, 8080);
         assert_eq!(e.mac, Some(v.mac.octets()));
+    }
+
+    #[test]
+    fn the_api_socket_defaults_to_the_state_dir() {
+        let base = "state_dir = \"/tmp/x\"\n";
+        let c: Config = toml::from_str(base).unwrap();
+        assert_eq!(c.api_config().unix_socket, Path::new("/tmp/x/api.sock"));
+        let c: Config = toml::from_str(&format!(
+            "{base}[api.tcp]\nlisten = \"127.0.0.1:7443\"\ntoken = \"t\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.api_config().unix_socket, Path::new("/tmp/x/api.sock"));
+        assert!(c.api_config().tcp.is_some());
+        let c: Config = toml::from_str(&format!(
+            "{base}[api]\nunix_socket = \"/run/vdfw/api.sock\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.api_config().unix_socket, Path::new("/run/vdfw/api.sock"));
     }
 
     #[test]
