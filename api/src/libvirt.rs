@@ -418,6 +418,21 @@ pub enum HookError {
         #[source]
         source: ClientError,
     },
+    #[error(
+        "vdfw: refusing to start domain {domain}: asking vdfwd for its endpoints failed: {source}"
+    )]
+    List {
+        domain: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("vdfw: refusing to start domain {domain}: endpoint {endpoint} is already registered with MAC {other_mac}, not this domain's {mac} (another VM's vNIC? give this one another name)")]
+    Taken {
+        domain: String,
+        endpoint: EndpointKey,
+        mac: String,
+        other_mac: String,
+    },
     #[error("vdfw: domain {domain} stopped, but removing its endpoints from vdfwd failed: {}", .failures.join("; "))]
     Unregister {
         domain: String,
@@ -432,7 +447,16 @@ pub enum HookOutcome {
     Nothing,
     Registered(Vec<EndpointKey>),
     /// Endpoints removed; ones already gone (the second of `stopped`/`release`) are not listed.
-    Unregistered(Vec<EndpointKey>),
+    /// `foreign`: endpoints of this domain's names now registered with another MAC (another VM
+    /// took the name after this one stopped), left alone.
+    Unregistered {
+        removed: Vec<EndpointKey>,
+        foreign: Vec<EndpointKey>,
+    },
+}
+
+fn mac_text(m: Option<MacAddr>) -> String {
+    m.map_or_else(|| "none".to_string(), |m| m.to_string())
 }
 
 async fn delete_endpoint(client: &Client, key: &EndpointKey) -> Result<bool, ClientError> {
@@ -482,8 +506,41 @@ pub async fn run_hook(
             })
         }
     };
+    // An endpoint is this domain's when it carries the MAC of this domain's interface (vdfwd
+    // refuses one MAC on two endpoints). A PUT is an upsert, so without this check a domain
+    // reusing another VM's vNIC name would silently take over its identity, and its `release`
+    // would delete the other VM's endpoint. (GET then PUT is not atomic: two domains racing for
+    // one name at the same moment are not caught.)
+    let registered: Vec<EndpointSpec> = match client.get("/v1/endpoints").await {
+        Ok(list) => list,
+        Err(source) => {
+            return Err(match action {
+                HookAction::Register => HookError::List {
+                    domain: plan.domain,
+                    source,
+                },
+                _ => HookError::Unregister {
+                    domain: plan.domain,
+                    failures: vec![source.to_string()],
+                },
+            });
+        }
+    };
+    let holder = |spec: &EndpointSpec| registered.iter().find(|r| r.key() == spec.key());
     match action {
         HookAction::Register => {
+            if let Some((spec, other)) = plan
+                .endpoints
+                .iter()
+                .find_map(|s| holder(s).filter(|r| r.mac != s.mac).map(|r| (s, r)))
+            {
+                return Err(HookError::Taken {
+                    domain: plan.domain.clone(),
+                    endpoint: spec.key(),
+                    mac: mac_text(spec.mac),
+                    other_mac: mac_text(other.mac),
+                });
+            }
             let mut done = Vec::new();
             for spec in &plan.endpoints {
                 let key = spec.key();
@@ -506,10 +563,19 @@ pub async fn run_hook(
         }
         HookAction::Unregister | HookAction::Ignore => {
             let mut removed = Vec::new();
+            let mut foreign = Vec::new();
             let mut failures = Vec::new();
             // Every endpoint is tried, even after a failure: leave as little behind as possible.
             for spec in &plan.endpoints {
                 let key = spec.key();
+                match holder(spec) {
+                    None => continue,
+                    Some(r) if r.mac != spec.mac => {
+                        foreign.push(key);
+                        continue;
+                    }
+                    Some(_) => {}
+                }
                 match delete_endpoint(client, &key).await {
                     Ok(true) => removed.push(key),
                     Ok(false) => {}
@@ -517,7 +583,7 @@ pub async fn run_hook(
                 }
             }
             if failures.is_empty() {
-                Ok(HookOutcome::Unregistered(removed))
+                Ok(HookOutcome::Unregistered { removed, foreign })
             } else {
                 Err(HookError::Unregister {
                     domain: plan.domain,

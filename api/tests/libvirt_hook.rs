@@ -177,6 +177,38 @@ async fn fails_closed_when_vdfwd_is_unreachable_or_refuses() {
         .collect();
     assert_eq!(names, vec![Value::from("db")], "rolled back");
 
+    // A name another VM's vNIC holds (another MAC) is not taken over, and that VM's endpoint
+    // survives this domain's stop.
+    let theirs = serde_json::json!({
+        "name": "shop-back", "namespace": "prod", "mac": "52:54:00:00:09:0a", "ips": ["10.0.0.50"]
+    });
+    let _: Value = h
+        .unix_client()
+        .call(hyper::Method::PUT, "/v1/endpoints", Some(&theirs))
+        .await
+        .unwrap();
+    let r = hook(&server, &["shop", "prepare", "begin", "-"], &xml).await;
+    assert!(!r.ok, "took over another VM's endpoint name");
+    assert!(
+        r.stderr
+            .contains("prod/shop-back is already registered with MAC 52:54:00:00:09:0a"),
+        "{}",
+        r.stderr
+    );
+    let r = hook(&server, &["shop", "release", "end", "-"], &xml).await;
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("left prod/shop-back alone"),
+        "{}",
+        r.stderr
+    );
+    let names: Vec<Value> = endpoints(&h)
+        .await
+        .iter()
+        .map(|e| e["name"].clone())
+        .collect();
+    assert_eq!(names, vec![Value::from("db"), Value::from("shop-back")]);
+
     // Broken metadata refuses the start too.
     let typo = xml.replace("vdfw:label key='app'", "vdfw:lable key='app'");
     let r = hook(&server, &["shop", "prepare", "begin", "-"], &typo).await;

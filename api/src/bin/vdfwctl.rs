@@ -938,9 +938,16 @@ async fn libvirt_hook(
         HookOutcome::Registered(keys) => {
             eprintln!("vdfw: domain {domain}: registered {}", list(&keys))
         }
-        HookOutcome::Unregistered(keys) if keys.is_empty() => {}
-        HookOutcome::Unregistered(keys) => {
-            eprintln!("vdfw: domain {domain}: removed {}", list(&keys))
+        HookOutcome::Unregistered { removed, foreign } => {
+            if !removed.is_empty() {
+                eprintln!("vdfw: domain {domain}: removed {}", list(&removed));
+            }
+            if !foreign.is_empty() {
+                eprintln!(
+                    "vdfw: domain {domain}: left {} alone: now registered with another MAC",
+                    list(&foreign)
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
