@@ -818,6 +818,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_domain_plans() {
+        let p = plan_ok(include_str!("../../configs/libvirt/vdfw-web1.xml"));
+        assert_eq!(p.domain, "web1");
+        let e = &p.endpoints[..];
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key().to_string(), "prod/web1");
+        assert_eq!(e[0].labels["app"], "web");
+        assert_eq!(e[0].labels["env"], "prod");
+        assert_eq!(e[0].named_ports["http"].port, 8080);
+        assert_eq!(e[0].socket.as_ref().unwrap().role, SocketRole::Server);
+    }
+
+    #[test]
     fn hostile_or_broken_xml_is_an_error_not_a_panic() {
         for xml in [
             "",
