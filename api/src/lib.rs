@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod engine;
 pub mod flows;
 pub mod generate;
+pub mod libvirt;
 pub mod offline;
 pub mod realized;
 pub mod refs;

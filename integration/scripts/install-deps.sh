@@ -15,12 +15,15 @@ DPDK_PKGS=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
 NET_PKGS=(iproute2 nftables)
 # Tools build-guest.sh uses (gzip, find) — present on any Debian, listed so a minimal image works.
 TOOL_PKGS=(gzip findutils)
+# libvirt (tests/libvirt.rs): libvirtd with the QEMU driver and virsh. No systemd here: the test
+# harness (src/libvirt.rs) creates the users and directories and starts virtlogd/libvirtd itself.
+LIBVIRT_PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 # Later tests (not needed yet): add them here when their tests land, e.g.
-#   LIBVIRT_PKGS=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 #   ETCD_PKGS=(etcd-server etcd-client)
 LATER_PKGS=()
 
-PKGS=("${GUEST_PKGS[@]}" "${DPDK_PKGS[@]}" "${NET_PKGS[@]}" "${TOOL_PKGS[@]}" "${LATER_PKGS[@]}")
+PKGS=("${GUEST_PKGS[@]}" "${DPDK_PKGS[@]}" "${NET_PKGS[@]}" "${TOOL_PKGS[@]}" "${LIBVIRT_PKGS[@]}"
+  "${LATER_PKGS[@]}")
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh: must run as root (apt-get install)" >&2

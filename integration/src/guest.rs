@@ -335,11 +335,13 @@ pub struct TcpSession {
     pub holder: Background,
 }
 
-/// A running guest. Dropping it stops QEMU; if the thread is panicking (a failed test) the serial
-/// log's tail is printed and the guest's log directory is kept.
+/// A running guest. Dropping it stops QEMU (unless it was [attached](Guest::attach) to, e.g. a
+/// libvirt domain); if the thread is panicking (a failed test) the serial log's tail is printed
+/// and the guest's log directory is kept.
 pub struct Guest {
     name: String,
-    child: Mutex<Child>,
+    /// QEMU when the harness started it; None for a guest another program manages.
+    child: Mutex<Option<Child>>,
     pid: u32,
     console: Console,
     spawned: AtomicU32,
@@ -380,13 +382,56 @@ impl Guest {
         let mut guest = Guest {
             name: spec.name.clone(),
             pid: child.id(),
-            child: Mutex::new(child),
+            child: Mutex::new(Some(child)),
             spawned: AtomicU32::new(0),
             console: Console::new(stdout, stdin, Some(serial_log)),
             dir: Some(dir),
             dir_path,
         };
         guest.wait_ready(spec.boot_timeout)?;
+        Ok(guest)
+    }
+
+    /// Attaches to a guest some other program started and owns (libvirt): its serial console is
+    /// the unix socket `console` that QEMU listens on (`<serial type='unix'><source
+    /// mode='bind'>`), `pid` its QEMU process. Waits for the shell's ready marker, so attach right
+    /// after starting the VM: QEMU drops console output while no client is connected. Dropping
+    /// the returned Guest only disconnects; stopping the VM is its owner's business.
+    pub fn attach(name: &str, console: &Path, pid: u32, timeout: Duration) -> Result<Guest> {
+        use std::os::unix::net::UnixStream;
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(console) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(Error::io(
+                        format!("connecting to {name}'s console {}", console.display()),
+                        e,
+                    ))
+                }
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        let reader = stream
+            .try_clone()
+            .map_err(|e| Error::io("cloning the console socket", e))?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vdfw-guest-{name}-"))
+            .tempdir()
+            .map_err(|e| Error::io("creating the guest's log directory", e))?;
+        let dir_path = dir.path().to_path_buf();
+        let serial_log = File::create(dir_path.join("serial.log"))
+            .map_err(|e| Error::io("creating serial.log", e))?;
+        let mut guest = Guest {
+            name: name.to_string(),
+            pid,
+            child: Mutex::new(None),
+            spawned: AtomicU32::new(0),
+            console: Console::new(reader, stream, Some(serial_log)),
+            dir: Some(dir),
+            dir_path,
+        };
+        guest.wait_ready(deadline.saturating_duration_since(Instant::now()))?;
         Ok(guest)
     }
 
@@ -495,7 +540,10 @@ impl Guest {
     /// Whether QEMU has exited.
     pub fn has_exited(&self) -> bool {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
-        !matches!(child.try_wait(), Ok(None))
+        match child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => !Path::new(&format!("/proc/{}", self.pid)).exists(),
+        }
     }
 
     /// Like [`Guest::exec`] but a non-zero exit is [`Error::CommandFailed`]; returns the output.
@@ -811,7 +859,9 @@ impl Drop for Guest {
     fn drop(&mut self) {
         // SIGTERM lets QEMU close its vhost-user connections cleanly; the guest has no state.
         let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
-        stop_child(child, libc::SIGTERM, Duration::from_secs(2));
+        if let Some(child) = child.as_mut() {
+            stop_child(child, libc::SIGTERM, Duration::from_secs(2));
+        }
         if thread::panicking() {
             eprintln!(
                 "--- guest {}: serial log tail (full log kept in {}) ---\n{}\n--- end of {} ---",

@@ -6,6 +6,8 @@
 //! - [`NetNs`]: a private network namespace (bridge, TAP, addresses) removed on drop.
 //! - [`Vdfwd`]: the system under test as a managed process (generated config, its policy and
 //!   state directories, `counters.json` / `flows.jsonl` readers, reload, stop and restart).
+//! - [`Libvirt`]: libvirtd and virtlogd started by hand with vdfw's qemu hook; [`Domain`]: a
+//!   libvirt domain booting the test guest, attached to as a [`Guest`] over its serial socket.
 //! - [`cargo_bin`]: builds and locates a workspace binary such as `vdfwd`.
 //! - [`require`]: turns missing prerequisites (root, QEMU, testpmd) into a clear failure that names
 //!   `integration/scripts/install-deps.sh`, instead of a silent pass.
@@ -16,6 +18,7 @@
 mod console;
 mod error;
 mod guest;
+mod libvirt;
 mod netns;
 mod paths;
 mod prereq;
@@ -28,6 +31,7 @@ pub use guest::{
     Background, CommandOutput, ConnectOutcome, Guest, GuestSpec, MacAddr, NicSpec, SocketRole,
     TcpSession,
 };
+pub use libvirt::{Domain, DomainSpec, Libvirt, HOOK, HOOK_ENV};
 pub use netns::NetNs;
 pub use paths::{cargo_bin, guest_image, workspace_root, GuestImage};
 pub use prereq::{require, Prereq};

@@ -16,6 +16,8 @@ pub enum Prereq {
     Testpmd,
     /// `ip` and `nft`: namespaces and the kernel-firewall baseline.
     NetTools,
+    /// `virsh`, `libvirtd`, `virtlogd`: the libvirt tests (the harness starts the daemons).
+    Libvirt,
 }
 
 /// Checks all of `needs`; the error lists every missing piece at once.
@@ -51,6 +53,11 @@ pub fn require(needs: &[Prereq]) -> Result<()> {
             Prereq::NetTools => {
                 need_bin("ip", &mut missing);
                 need_bin("nft", &mut missing);
+            }
+            Prereq::Libvirt => {
+                for bin in ["virsh", "libvirtd", "virtlogd"] {
+                    need_bin(bin, &mut missing);
+                }
             }
         }
     }

@@ -130,6 +130,24 @@ enum Command {
     },
     /// The current store revision.
     Revision,
+    /// libvirt's qemu hook (installed by configs/libvirt/install-hook.sh as
+    /// /etc/libvirt/hooks/qemu): reads the domain XML on stdin; on `prepare begin` registers one
+    /// endpoint per vhost-user interface of a domain carrying <vdfw:vm> metadata (and fails, so
+    /// libvirt refuses to start the domain, if vdfwd is unreachable or refuses one); on
+    /// `stopped end` / `release end` removes them.
+    LibvirtHook {
+        /// The domain's name.
+        domain: String,
+        /// libvirt's operation: prepare, start, started, stopped, release, migrate, ...
+        op: String,
+        /// begin or end.
+        subop: String,
+        /// libvirt's extra argument(s) (usually `-`), unused.
+        extra: Vec<String>,
+        /// Give up (and fail) if vdfwd has not answered within this many seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -435,6 +453,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 print_trace(&r);
             }
         }
+        Command::LibvirtHook {
+            domain,
+            op,
+            subop,
+            extra: _,
+            timeout,
+        } => return libvirt_hook(&client()?, domain, op, subop, *timeout).await,
         Command::Revision => {
             let r: Value = client()?.get("/v1/revision").await?;
             if json_out {
@@ -864,6 +889,68 @@ fn print_stats(s: &Value) {
             r["sessions"]
         );
     }
+}
+
+/// `vdfwctl libvirt-hook`: stdout stays empty (libvirt reads a `migrate`/`restore` hook's
+/// stdout as a replacement XML); what was done goes to stderr, which libvirt logs and, when the
+/// hook fails, shows to whoever started the domain.
+async fn libvirt_hook(
+    client: &Client,
+    domain: &str,
+    op: &str,
+    subop: &str,
+    timeout_s: u64,
+) -> Result<ExitCode> {
+    use api::libvirt::{run_hook, HookOutcome};
+    use std::io::Read;
+    // Always read all of stdin, even for operations we ignore: libvirt writes the whole XML.
+    let mut xml = String::new();
+    std::io::stdin()
+        .read_to_string(&mut xml)
+        .context("reading the domain XML from stdin")?;
+    let run = run_hook(client, domain, op, subop, &xml);
+    let outcome = match tokio::time::timeout(std::time::Duration::from_secs(timeout_s), run).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(_) => {
+            eprintln!(
+                "vdfw: {op} {subop} of domain {domain}: vdfwd did not answer within {timeout_s} s{}",
+                if op == "prepare" {
+                    "; refusing to start the domain"
+                } else {
+                    ""
+                }
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let list = |keys: &[dfw::model::EndpointKey]| {
+        keys.iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match outcome {
+        HookOutcome::Nothing => {}
+        HookOutcome::Registered(keys) => {
+            eprintln!("vdfw: domain {domain}: registered {}", list(&keys))
+        }
+        HookOutcome::Unregistered { removed, foreign } => {
+            if !removed.is_empty() {
+                eprintln!("vdfw: domain {domain}: removed {}", list(&removed));
+            }
+            if !foreign.is_empty() {
+                eprintln!(
+                    "vdfw: domain {domain}: left {} alone: now registered with another MAC",
+                    list(&foreign)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Offline trace: one JSON object per flow line on stdout.
