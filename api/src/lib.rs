@@ -11,6 +11,7 @@ pub mod libvirt;
 pub mod offline;
 pub mod realized;
 pub mod refs;
+pub mod report;
 pub mod server;
 pub mod store;
 pub mod trace;

@@ -258,7 +258,7 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", api::report::error_chain(&e));
             ExitCode::FAILURE
         }
     }

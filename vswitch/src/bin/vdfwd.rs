@@ -72,7 +72,7 @@ fn main() -> ExitCode {
                         eprintln!("vdfwd: {line}");
                     }
                 }
-                None => eprintln!("vdfwd: {e:#}"),
+                None => eprintln!("vdfwd: {}", api::report::error_chain(&e)),
             }
             ExitCode::from(2)
         }
