@@ -196,7 +196,7 @@ impl Controller {
                 | Resource::Tier { document, .. } => {
                     match realized::parse_document(&document, &desired) {
                         Ok(parsed) if parsed.key() == key => {
-                            desired.documents.insert(key, parsed);
+                            desired.documents.insert(key, Arc::new(parsed));
                         }
                         Ok(parsed) => {
                             let err = DocumentError {
@@ -470,7 +470,7 @@ impl Controller {
         if !new_tiers.is_empty() && results.iter().any(Result::is_err) {
             let mut context = inner.desired.clone();
             for t in new_tiers {
-                context.documents.insert(t.key(), t);
+                context.documents.insert(t.key(), Arc::new(t));
             }
             for (doc, result) in docs.iter().zip(results.iter_mut()) {
                 if result.is_err() {
@@ -539,7 +539,7 @@ impl Controller {
                 changes.push(Change::Put(p.to_resource()));
             }
             report.push(change);
-            candidate.documents.insert(key, p);
+            candidate.documents.insert(key, Arc::new(p));
         }
         if let Some(source) = prune_source {
             let from_source = |file: &str| file.starts_with(source);

@@ -4,8 +4,10 @@
 //! This module is the only place the control plane touches the policy engine, so the engine
 //! can evolve without the services noticing.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 
 use dfw::model::{Group, Namespace, Object, Policy, RuleId, Tier, Warning};
 use serde::{Deserialize, Serialize};
@@ -150,13 +152,22 @@ pub fn parse_document(
 /// The desired state the controller realizes: every parsed object plus the inventory.
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
-    pub documents: BTreeMap<ResourceKey, ParsedDocument>,
+    /// Shared, so the candidate of every change is a cheap copy of the current state.
+    pub documents: BTreeMap<ResourceKey, Arc<ParsedDocument>>,
     pub endpoints: BTreeMap<dfw::model::EndpointKey, EndpointSpec>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub audit: BTreeMap<AuditTarget, AuditSetting>,
 }
 
 impl Desired {
+    /// Whether audit settings treat `object` the same in `self` and `other`.
+    fn audited_same(&self, other: &Desired, object: &Object) -> bool {
+        match object {
+            Object::Policy(p) => self.audited(p) == other.audited(p),
+            _ => true,
+        }
+    }
+
     /// Whether audit mode applies to a policy (set on the policy or on its namespace).
     pub fn audited(&self, policy: &Policy) -> bool {
         let on = |t: AuditTarget| self.audit.get(&t).is_some_and(|a| a.enabled);
@@ -214,18 +225,20 @@ pub fn effective_objects(desired: &Desired) -> BTreeMap<ResourceKey, Object> {
     desired
         .documents
         .iter()
-        .map(|(key, doc)| {
-            let object = match &doc.object {
-                Object::Policy(p) if !p.audit && desired.audited(p) => {
-                    let mut p = p.clone();
-                    p.audit = true;
-                    Object::Policy(p)
-                }
-                other => other.clone(),
-            };
-            (key.clone(), object)
-        })
+        .map(|(key, doc)| (key.clone(), effective(desired, doc).into_owned()))
         .collect()
+}
+
+/// One document's object as the engine must see it; borrowed unless audit settings change it.
+fn effective<'a>(desired: &Desired, doc: &'a ParsedDocument) -> Cow<'a, Object> {
+    match &doc.object {
+        Object::Policy(p) if !p.audit && desired.audited(p) => {
+            let mut p = p.clone();
+            p.audit = true;
+            Cow::Owned(Object::Policy(p))
+        }
+        other => Cow::Borrowed(other),
+    }
 }
 
 /// What the engine must do to go from one desired state to another.
@@ -242,14 +255,24 @@ pub struct EngineChange {
 impl EngineChange {
     /// The difference `old → new`; `between(new, old)` is its undo.
     pub fn between(old: &Desired, new: &Desired) -> Self {
-        let (a, b) = (effective_objects(old), effective_objects(new));
+        // Compared in place: only what changed is copied (a change is O(objects) compares,
+        // not O(objects) copies).
         let mut c = Self::default();
-        for (k, o) in &b {
-            if a.get(k) != Some(o) {
-                c.upserts.push(o.clone());
+        for (k, doc) in &new.documents {
+            let unchanged = old.documents.get(k).is_some_and(|before| {
+                Arc::ptr_eq(before, doc) && old.audited_same(new, &doc.object)
+                    || effective(old, before) == effective(new, doc)
+            });
+            if !unchanged {
+                c.upserts.push(effective(new, doc).into_owned());
             }
         }
-        c.removals = a.keys().filter(|k| !b.contains_key(k)).cloned().collect();
+        c.removals = old
+            .documents
+            .keys()
+            .filter(|k| !new.documents.contains_key(*k))
+            .cloned()
+            .collect();
         for (k, n) in &new.namespaces {
             if old.namespaces.get(k) != Some(n) {
                 c.namespaces_upsert.push(n.clone());
