@@ -837,12 +837,25 @@ def vdfwd_policies(rules: int, deny: bool) -> dict[str, str]:
     return files
 
 
-def vdfwd_config(sockets: list[Path], state_dir: Path, policy_dir: Path) -> str:
-    """vdfwd TOML (format of configs/vdfwd.toml): one `connect` vNIC per generator socket."""
+def config_lines(kvs: list[str], ap: argparse.ArgumentParser) -> list[str]:
+    """`KEY=VALUE` (from the command line) -> TOML lines `KEY = VALUE` (VALUE verbatim TOML)."""
+    out = []
+    for kv in kvs:
+        k, sep, v = kv.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_]+", k.strip()) or not v.strip():
+            ap.error(f"vdfwd config wants KEY=VALUE, got {kv!r}")
+        out.append(f"{k.strip()} = {v.strip()}")
+    return out
+
+
+def vdfwd_config(sockets: list[Path], state_dir: Path, policy_dir: Path,
+                 extra: Optional[list[str]] = None) -> str:
+    """vdfwd TOML (format of configs/vdfwd.toml): one `connect` vNIC per generator socket.
+    `extra`: top-level `key = value` lines (--vdfwd-config, e.g. `poll_us = 50`)."""
     # 2M entries per vNIC (the default is 64k): the flows figure goes to 1M concurrent flows
     # and OVS's conntrack allows 3M by default. Entries are allocated as the table grows.
     out = [f'state_dir = "{state_dir}"', f'policy_dir = "{policy_dir}"',
-           f"conntrack_max_per_vnic = {VDFWD_CONNTRACK_MAX}", ""]
+           f"conntrack_max_per_vnic = {VDFWD_CONNTRACK_MAX}", *(extra or []), ""]
     for i, s in enumerate(sockets):
         k, side = i // 2, "ab"[i % 2]
         ip = IP_A if side == "a" else IP_B
@@ -863,8 +876,9 @@ class VdfwdSubject(Subject):
     """
 
     def __init__(self, binary: Optional[Path], extra_args: list[str], firewall_off: bool = False,
-                 label: str = "") -> None:
+                 label: str = "", config: Optional[list[str]] = None) -> None:
         self.binary = binary
+        self.config = config or []
         self.firewall_off = firewall_off
         self.extra_args = extra_args + (["--insecure-allow-all"] if firewall_off else [])
         # A label names another vdfwd build measured in the same run (--vdfwd-variant).
@@ -873,6 +887,8 @@ class VdfwdSubject(Subject):
             "vdfwd --insecure-allow-all: the vhost-user data path and spoof guard without the firewall"
             if firewall_off else
             "vdfwd (vhost-user backend + dfw), vNICs role=connect, K8s NetworkPolicy set")
+        if self.config:
+            self.description += "; config " + ", ".join(self.config)
         self.proc: Optional[Proc] = None
         self.run_dir = Path()
 
@@ -917,7 +933,7 @@ class VdfwdSubject(Subject):
         assert self.binary is not None
         state = self.run_dir / "state"
         state.mkdir(exist_ok=True)
-        text = vdfwd_config(sockets, state, self.run_dir / "policies")
+        text = vdfwd_config(sockets, state, self.run_dir / "policies", self.config)
         self.proc = self.start_vdfwd(self.binary, text, vdfwd_policies(case.rules, case.deny))
         time.sleep(0.5)
         if not self.proc.alive():
@@ -1197,9 +1213,12 @@ def main() -> int:
     ap.add_argument("--vdfwd", type=Path, help="vdfwd binary (default: build/find this checkout's, in $CARGO_TARGET_DIR or target/)")
     ap.add_argument("--no-build", action="store_true", help="do not build vdfwd when its binary is missing")
     ap.add_argument("--vdfwd-arg", action="append", default=[], help="extra vdfwd argument (repeatable)")
-    ap.add_argument("--vdfwd-variant", action="append", default=[], metavar="LABEL=PATH",
-                    help="another vdfwd binary measured in the same run as subjects vdfwd@LABEL and "
-                         "vdfwd-nofw@LABEL (e.g. the build before an optimisation; repeatable)")
+    ap.add_argument("--vdfwd-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="top-level vdfwd config line for vdfwd / vdfwd-nofw, e.g. poll_us=50 (repeatable)")
+    ap.add_argument("--vdfwd-variant", action="append", default=[], metavar="LABEL=PATH[,KEY=VALUE...]",
+                    help="another vdfwd binary (or the same one with other config lines) measured in "
+                         "the same run as subjects vdfwd@LABEL and vdfwd-nofw@LABEL (e.g. the build "
+                         "before an optimisation; repeatable)")
     ap.add_argument("--warmup", type=float, help="seconds before sampling (default 1.5, smoke 1)")
     ap.add_argument("--window", type=float, help="sampling window in seconds (default 4, smoke 2)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds per case (subjects interleaved in each round)")
@@ -1245,15 +1264,18 @@ def main() -> int:
         "ceiling": CeilingSubject(),
         "ovs": OvsSubject(ovsd, ct=False),
         "ovs-ct": OvsSubject(ovsd, ct=True),
-        "vdfwd": VdfwdSubject(vbin, args.vdfwd_arg),
-        "vdfwd-nofw": VdfwdSubject(vbin, args.vdfwd_arg, firewall_off=True),
+        "vdfwd": VdfwdSubject(vbin, args.vdfwd_arg, config=config_lines(args.vdfwd_config, ap)),
+        "vdfwd-nofw": VdfwdSubject(vbin, args.vdfwd_arg, firewall_off=True,
+                                   config=config_lines(args.vdfwd_config, ap)),
     }
     for v in args.vdfwd_variant:
-        label, sep, path = v.partition("=")
+        label, sep, rest = v.partition("=")
+        path, *kvs = rest.split(",")
         if not sep or not label or not path:
-            ap.error(f"--vdfwd-variant wants LABEL=PATH, got {v!r}")
+            ap.error(f"--vdfwd-variant wants LABEL=PATH[,KEY=VALUE...], got {v!r}")
         for off in (False, True):
-            subj = VdfwdSubject(Path(path), args.vdfwd_arg, firewall_off=off, label=label)
+            subj = VdfwdSubject(Path(path), args.vdfwd_arg, firewall_off=off, label=label,
+                                config=config_lines(kvs, ap))
             all_subjects[subj.name] = subj
     wanted = [s for s in args.subjects.split(",") if s]
     for s in wanted:
