@@ -196,6 +196,17 @@ def run(argv: list[str], check: bool = True, env: Optional[dict] = None, timeout
     return r
 
 
+def cpu_seconds(pid: Optional[int]) -> Optional[float]:
+    """User + system CPU time of `pid` (all its threads) in seconds, None if unreadable."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def rss_of(pid: int) -> dict:
     """VmRSS and hugetlb pages of a process, kB (hugetlb pages do not count in VmRSS)."""
     out = {}
@@ -399,7 +410,7 @@ class Generator:
         mem = 512 if self.nports <= 8 else 1024
         self.tp = Testpmd("generator", f"{SUBJECT_CPU},{GEN_CPU}", SUBJECT_CPU, vdevs, app, run_dir, mem)
 
-    def measure(self, st: Settings) -> dict:
+    def measure(self, st: Settings, cpu_pid: Optional[int] = None) -> dict:
         self.tp.links_up(self.nports, st.link_timeout)
         # A link is up once the backend connected; its queues may be enabled a little later.
         # Packets lost at the start are gone for good in a loop (fewer in flight, lower rate).
@@ -415,6 +426,7 @@ class Generator:
             if self.case.flows < FLOWGEN_MAX:
                 self._visit_all_flows(st)
         time.sleep(st.warmup)
+        cpu0 = cpu_seconds(cpu_pid)
         samples = [self.tp.port_stats(self.nports)]
         n = max(1, round(st.window))
         step = st.window / n
@@ -428,15 +440,22 @@ class Generator:
             pps.append(sum(rx.values()))
             bps.append(sum((s1[p]["RX-bytes"] - s0[p]["RX-bytes"]) * 8 / dt_ for p in s1))
             per_port.append(rx)
+        cpu1 = cpu_seconds(cpu_pid)
         (ta, sa), (tb, sb) = samples[0], samples[-1]
         med = statistics.median(pps)
+        mean = sum(sb[p]["RX-packets"] - sa[p]["RX-packets"] for p in sb) / (tb - ta) / 1e6
+        # Cores the subject used during the window, and its rate per core: on a shared machine
+        # the subject gets a varying share of its core, so this is the steadier cost figure.
+        cores = (cpu1 - cpu0) / (tb - ta) if cpu0 is not None and cpu1 is not None else None
         i_med = min(range(len(pps)), key=lambda i: abs(pps[i] - med))
         return {
             "mpps": med / 1e6,
             "gbps": statistics.median(bps) / 1e9,
             "mpps_min": min(pps) / 1e6,
             "mpps_max": max(pps) / 1e6,
-            "mpps_mean": sum(sb[p]["RX-packets"] - sa[p]["RX-packets"] for p in sb) / (tb - ta) / 1e6,
+            "mpps_mean": mean,
+            "subject_cores": round(cores, 3) if cores is not None else None,
+            "mpps_per_core": mean / cores if cores else None,
             "rx_pps_by_port": {str(p): round(v) for p, v in per_port[i_med].items()},
             "rx_packets_by_port": {str(p): sb[p]["RX-packets"] for p in sb},
             "tx_packets_by_port": {str(p): sb[p]["TX-packets"] for p in sb},
@@ -496,6 +515,10 @@ class Subject:
         """Stops per-case state; returns extra observations (memory, counters)."""
         return {}
 
+    def cpu_pid(self) -> Optional[int]:
+        """The process whose CPU time the window accounts (see `cpu_seconds`)."""
+        return None
+
     def pause(self) -> None:
         """Stops burning the subject core while other subjects are measured."""
 
@@ -539,6 +562,9 @@ class CeilingSubject(Subject):
                "--forward-mode=io", "--auto-start"]
         self.tp = Testpmd("ceiling", f"{SUBJECT_CPU},{GEN_CPU}", GEN_CPU, vdevs, app, self.run_dir,
                           512 if len(sockets) <= 8 else 1024)
+
+    def cpu_pid(self) -> Optional[int]:
+        return self.tp.proc.pid if self.tp else None
 
     def end_case(self, case: Case) -> dict:
         extra = {}
@@ -781,6 +807,9 @@ class OvsSubject(Subject):
     def resume(self) -> None:
         self.d.resume()
 
+    def cpu_pid(self) -> Optional[int]:
+        return self.d.pid()
+
     def end_case(self, case: Case) -> dict:
         extra: dict = {}
         pid = self.d.pid()
@@ -837,12 +866,25 @@ def vdfwd_policies(rules: int, deny: bool) -> dict[str, str]:
     return files
 
 
-def vdfwd_config(sockets: list[Path], state_dir: Path, policy_dir: Path) -> str:
-    """vdfwd TOML (format of configs/vdfwd.toml): one `connect` vNIC per generator socket."""
+def config_lines(kvs: list[str], ap: argparse.ArgumentParser) -> list[str]:
+    """`KEY=VALUE` (from the command line) -> TOML lines `KEY = VALUE` (VALUE verbatim TOML)."""
+    out = []
+    for kv in kvs:
+        k, sep, v = kv.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_]+", k.strip()) or not v.strip():
+            ap.error(f"vdfwd config wants KEY=VALUE, got {kv!r}")
+        out.append(f"{k.strip()} = {v.strip()}")
+    return out
+
+
+def vdfwd_config(sockets: list[Path], state_dir: Path, policy_dir: Path,
+                 extra: Optional[list[str]] = None) -> str:
+    """vdfwd TOML (format of configs/vdfwd.toml): one `connect` vNIC per generator socket.
+    `extra`: top-level `key = value` lines (--vdfwd-config, e.g. `poll_us = 50`)."""
     # 2M entries per vNIC (the default is 64k): the flows figure goes to 1M concurrent flows
     # and OVS's conntrack allows 3M by default. Entries are allocated as the table grows.
     out = [f'state_dir = "{state_dir}"', f'policy_dir = "{policy_dir}"',
-           f"conntrack_max_per_vnic = {VDFWD_CONNTRACK_MAX}", ""]
+           f"conntrack_max_per_vnic = {VDFWD_CONNTRACK_MAX}", *(extra or []), ""]
     for i, s in enumerate(sockets):
         k, side = i // 2, "ab"[i % 2]
         ip = IP_A if side == "a" else IP_B
@@ -863,8 +905,9 @@ class VdfwdSubject(Subject):
     """
 
     def __init__(self, binary: Optional[Path], extra_args: list[str], firewall_off: bool = False,
-                 label: str = "") -> None:
+                 label: str = "", config: Optional[list[str]] = None) -> None:
         self.binary = binary
+        self.config = config or []
         self.firewall_off = firewall_off
         self.extra_args = extra_args + (["--insecure-allow-all"] if firewall_off else [])
         # A label names another vdfwd build measured in the same run (--vdfwd-variant).
@@ -873,6 +916,8 @@ class VdfwdSubject(Subject):
             "vdfwd --insecure-allow-all: the vhost-user data path and spoof guard without the firewall"
             if firewall_off else
             "vdfwd (vhost-user backend + dfw), vNICs role=connect, K8s NetworkPolicy set")
+        if self.config:
+            self.description += "; config " + ", ".join(self.config)
         self.proc: Optional[Proc] = None
         self.run_dir = Path()
 
@@ -917,11 +962,14 @@ class VdfwdSubject(Subject):
         assert self.binary is not None
         state = self.run_dir / "state"
         state.mkdir(exist_ok=True)
-        text = vdfwd_config(sockets, state, self.run_dir / "policies")
+        text = vdfwd_config(sockets, state, self.run_dir / "policies", self.config)
         self.proc = self.start_vdfwd(self.binary, text, vdfwd_policies(case.rules, case.deny))
         time.sleep(0.5)
         if not self.proc.alive():
             raise RuntimeError(f"vdfwd exited at start: {tail(self.proc.log_path)}")
+
+    def cpu_pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
 
     def end_case(self, case: Case) -> dict:
         extra: dict = {}
@@ -1011,7 +1059,7 @@ def _measure_once(subject: Subject, case: Case, run_dir: Path, st: Settings) -> 
     try:
         subject.start_case(case, gen.sockets)
         started = True
-        res = gen.measure(st)
+        res = gen.measure(st, subject.cpu_pid())
     finally:
         gen.stop()
         extra = subject.end_case(case) if started else {}
@@ -1040,6 +1088,11 @@ def combine_rounds(r: dict) -> None:
     r["gbps"] = statistics.median(m["gbps"] for m in ok)
     r["mpps_min"] = min(m["mpps_min"] for m in ok)
     r["mpps_max"] = max(m["mpps_max"] for m in ok)
+    r["rounds_mpps_per_core"] = [m.get("mpps_per_core") for m in rounds]
+    per_core = [m["mpps_per_core"] for m in ok if m.get("mpps_per_core")]
+    r["mpps_per_core"] = statistics.median(per_core) if per_core else None
+    cores = [m["subject_cores"] for m in ok if m.get("subject_cores") is not None]
+    r["subject_cores"] = statistics.median(cores) if cores else None
     for k in ("rx_packets_by_port", "tx_packets_by_port"):
         tot: dict[str, int] = {}
         for m in ok:
@@ -1096,8 +1149,10 @@ def print_table(rows: list[dict], info: dict, out=sys.stdout) -> None:
         vc = f"{r['vs_ceiling']:.2f}" if "vs_ceiling" in r else "-"
         vo = f"{r['vs_ovs_ct']:.2f}" if "vs_ovs_ct" in r else "-"
         note = ""
+        if r.get("mpps_per_core"):
+            note = f"{r['mpps_per_core']:.2f} Mpps/core ({r['subject_cores']:.2f} cores) "
         if "rss_kb" in r and r["rss_kb"].get("VmRSS"):
-            note = f"RSS {r['rss_kb']['VmRSS'] // 1024} MiB"
+            note += f"RSS {r['rss_kb']['VmRSS'] // 1024} MiB"
         if "conntrack_entries" in r:
             note += f" ct {r['conntrack_entries']}"
         print(f"{c.figure:<12}{x:>11} {r['subject']:<9}{r['mpps']:>8.3f} {rng:<15}{r['gbps']:>7.2f}{vc:>7}{vo:>8}  {note}", file=out)
@@ -1112,7 +1167,7 @@ def write_outputs(out_dir: Path, rows: list[dict], info: dict, subjects: list[di
            "results": clean}
     (out_dir / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     cols = ["figure", "x", "subject", "mode", "frame", "flows", "rules", "vnics", "deny", "mpps", "mpps_min",
-            "mpps_max", "rounds_mpps", "gbps", "vs_ceiling", "vs_ovs_ct", "rss_kb", "conntrack_entries", "skipped", "error"]
+            "mpps_max", "rounds_mpps", "mpps_per_core", "subject_cores", "gbps", "vs_ceiling", "vs_ovs_ct", "rss_kb", "conntrack_entries", "skipped", "error"]
     with open(out_dir / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
@@ -1197,9 +1252,12 @@ def main() -> int:
     ap.add_argument("--vdfwd", type=Path, help="vdfwd binary (default: build/find this checkout's, in $CARGO_TARGET_DIR or target/)")
     ap.add_argument("--no-build", action="store_true", help="do not build vdfwd when its binary is missing")
     ap.add_argument("--vdfwd-arg", action="append", default=[], help="extra vdfwd argument (repeatable)")
-    ap.add_argument("--vdfwd-variant", action="append", default=[], metavar="LABEL=PATH",
-                    help="another vdfwd binary measured in the same run as subjects vdfwd@LABEL and "
-                         "vdfwd-nofw@LABEL (e.g. the build before an optimisation; repeatable)")
+    ap.add_argument("--vdfwd-config", action="append", default=[], metavar="KEY=VALUE",
+                    help="top-level vdfwd config line for vdfwd / vdfwd-nofw, e.g. poll_us=50 (repeatable)")
+    ap.add_argument("--vdfwd-variant", action="append", default=[], metavar="LABEL=PATH[,KEY=VALUE...]",
+                    help="another vdfwd binary (or the same one with other config lines) measured in "
+                         "the same run as subjects vdfwd@LABEL and vdfwd-nofw@LABEL (e.g. the build "
+                         "before an optimisation; repeatable)")
     ap.add_argument("--warmup", type=float, help="seconds before sampling (default 1.5, smoke 1)")
     ap.add_argument("--window", type=float, help="sampling window in seconds (default 4, smoke 2)")
     ap.add_argument("--repeat", type=int, default=1, help="rounds per case (subjects interleaved in each round)")
@@ -1245,15 +1303,18 @@ def main() -> int:
         "ceiling": CeilingSubject(),
         "ovs": OvsSubject(ovsd, ct=False),
         "ovs-ct": OvsSubject(ovsd, ct=True),
-        "vdfwd": VdfwdSubject(vbin, args.vdfwd_arg),
-        "vdfwd-nofw": VdfwdSubject(vbin, args.vdfwd_arg, firewall_off=True),
+        "vdfwd": VdfwdSubject(vbin, args.vdfwd_arg, config=config_lines(args.vdfwd_config, ap)),
+        "vdfwd-nofw": VdfwdSubject(vbin, args.vdfwd_arg, firewall_off=True,
+                                   config=config_lines(args.vdfwd_config, ap)),
     }
     for v in args.vdfwd_variant:
-        label, sep, path = v.partition("=")
+        label, sep, rest = v.partition("=")
+        path, *kvs = rest.split(",")
         if not sep or not label or not path:
-            ap.error(f"--vdfwd-variant wants LABEL=PATH, got {v!r}")
+            ap.error(f"--vdfwd-variant wants LABEL=PATH[,KEY=VALUE...], got {v!r}")
         for off in (False, True):
-            subj = VdfwdSubject(Path(path), args.vdfwd_arg, firewall_off=off, label=label)
+            subj = VdfwdSubject(Path(path), args.vdfwd_arg, firewall_off=off, label=label,
+                                config=config_lines(kvs, ap))
             all_subjects[subj.name] = subj
     wanted = [s for s in args.subjects.split(",") if s]
     for s in wanted:

@@ -6,6 +6,7 @@
 //! default_deny = false                 # drop what no rule decides, even if nothing isolates
 //! audit = false                        # forward would-be drops, flag them in the flow log
 //! conntrack_max_per_vnic = 65536       # connection-table size of each vNIC
+//! poll_us = 0                          # busy-poll window after a burst (0 = sleep in epoll)
 //!
 //! [[namespace]]                        # optional: labels namespace selectors match
 //! name = "shop"
@@ -67,6 +68,11 @@ pub struct Config {
     /// Connection-table entries per vNIC (each vNIC is its own conntrack zone and table).
     #[serde(default = "default_conntrack_max")]
     pub conntrack_max_per_vnic: u32,
+    /// Busy-poll window in microseconds (0 = off, the default): after a burst, each vNIC's
+    /// worker keeps polling its rings for up to this long before sleeping in epoll. For
+    /// dedicated cores: lower latency and higher packet rate, at the price of spinning.
+    #[serde(default)]
+    pub poll_us: u32,
     /// Namespaces and their labels (what `namespaceSelector`s match). A vNIC's namespace that
     /// is not listed still exists, with only its implied `kubernetes.io/metadata.name` label.
     #[serde(default, rename = "namespace")]

@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use api::controller::{ChangeReport, Controller, ControllerConfig, ControllerError, InputFile};
 use api::realized::ChangeAction;
@@ -333,6 +333,9 @@ impl Daemon {
             .map_err(|e| DaemonError::StateDir(cfg.state_dir.clone(), e))?;
         let t0 = Instant::now();
         let dataplane = Dataplane::new(Arc::new(FailClosed));
+        dataplane
+            .pipeline()
+            .set_poll(Duration::from_micros(cfg.poll_us.into()));
         let flowlog = FlowLog::start(
             Some(cfg.state_dir.join("flows.jsonl")),
             dataplane.pipeline().now(),

@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -42,6 +43,9 @@ struct Inner {
 /// Bounded multi-producer, single-consumer frame queue with an eventfd doorbell.
 pub struct Inbox {
     inner: Mutex<Inner>,
+    /// `inner.queue.len()`, updated under the lock: lets the per-frame "is anything waiting?"
+    /// check of direct RX writes skip the lock (it was one lock round trip per frame).
+    queued: AtomicUsize,
     wake: EventFd,
     capacity: usize,
 }
@@ -59,6 +63,7 @@ impl Inbox {
                 free: Vec::new(),
                 allocated: 0,
             }),
+            queued: AtomicUsize::new(0),
             wake: EventFd::new(EFD_NONBLOCK)?,
             capacity,
         })
@@ -104,6 +109,7 @@ impl Inbox {
         };
         let was_empty = inner.queue.is_empty();
         inner.queue.push_back(InboxFrame { data, meta });
+        self.queued.store(inner.queue.len(), Ordering::Release);
         drop(inner);
         if was_empty {
             // EAGAIN only if the counter is saturated, in which case the consumer is awake.
@@ -115,12 +121,17 @@ impl Inbox {
     /// Takes the oldest frame. Give its buffer back with [`Inbox::recycle`] or put it back
     /// with [`Inbox::unpop`].
     pub fn pop(&self) -> Option<InboxFrame> {
-        self.lock().queue.pop_front()
+        let mut inner = self.lock();
+        let f = inner.queue.pop_front();
+        self.queued.store(inner.queue.len(), Ordering::Release);
+        f
     }
 
     /// Returns a popped frame to the head of the queue (the guest had no RX buffer for it).
     pub fn unpop(&self, frame: InboxFrame) {
-        self.lock().queue.push_front(frame);
+        let mut inner = self.lock();
+        inner.queue.push_front(frame);
+        self.queued.store(inner.queue.len(), Ordering::Release);
     }
 
     pub fn recycle(&self, data: Vec<u8>) {
@@ -134,11 +145,13 @@ impl Inbox {
         while let Some(f) = inner.queue.pop_front() {
             inner.free.push(f.data);
         }
+        self.queued.store(0, Ordering::Release);
         n
     }
 
+    /// Frames waiting (a snapshot: producers may add more right after).
     pub fn len(&self) -> usize {
-        self.lock().queue.len()
+        self.queued.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -18,7 +18,11 @@
 //! The table is rebuilt (copy, modify, swap) when the API adds or removes a vNIC; see
 //! [`crate::pipeline::Pipeline`].
 
-use std::collections::HashMap;
+/// The port table is looked up per frame (destination MAC, claimed IPs) with guest-chosen
+/// keys; its content is ours (configured MACs/IPs), so a guest cannot grow a collision
+/// chain. foldhash (seeded per process) instead of SipHash: these lookups showed as ~2.5 %
+/// of the established-flow profile.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 

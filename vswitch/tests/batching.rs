@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etherparse::PacketBuilder;
+use vm_memory::{Bytes, GuestAddress};
 
 use common::*;
 use vswitch::counters::DropReason;
@@ -141,4 +142,58 @@ fn a_stalled_receiver_only_loses_its_own_frames() {
     wait_for("B's backlog to fill", || pb.inbox.len() == 8);
     assert_eq!(pb.counters.drops(DropReason::BacklogFull), 32);
     assert_eq!(pc.counters.snapshot().total_drops(), 0);
+}
+
+/// `used.flags` of a ring: bit 0 is VRING_USED_F_NO_NOTIFY ("do not kick me").
+fn used_flags(vm: &TestVm, ring: &Ring) -> u16 {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+    u16::from_le(vm.mem.read_obj(GuestAddress(ring.used)).unwrap())
+}
+
+/// Busy-poll mode: after a kick the worker keeps polling for the poll window, so chains the
+/// guest posts without kicking are still forwarded (and the guest is told not to kick); once
+/// the window passes without traffic it re-arms the notification and sleeps, so a chain
+/// posted without a kick waits for the kick.
+#[test]
+fn poll_mode_forwards_unkicked_chains_and_sleeps_when_idle() {
+    let mut net = Net::new();
+    let window = Duration::from_millis(300);
+    net.pipeline.set_poll(window);
+    let (_pa, mut a) = net.vnic(1, 1024, GuestConfig::plain());
+    let (_pb, mut b) = net.vnic(2, 1024, GuestConfig::plain());
+    b.post_rx(64, 2048);
+    // Both workers idle for longer than the window: asleep, notifications armed.
+    std::thread::sleep(window * 2);
+    assert_eq!(used_flags(&a, &a.tx) & 1, 0, "idle: the guest must kick");
+
+    a.send(&VirtioNetHdr::default(), &tcp_frame(1, 2, b"kick"));
+    assert_eq!(b.recv().1, tcp_frame(1, 2, b"kick"));
+    for i in 0..5u8 {
+        // No kick: only a polling worker sees these. Each one restarts the window.
+        a.queue_tx(&VirtioNetHdr::default(), &tcp_frame(1, 2, &[i; 32]));
+        assert_eq!(
+            b.recv().1,
+            tcp_frame(1, 2, &[i; 32]),
+            "polled without a kick"
+        );
+        assert_eq!(
+            used_flags(&a, &a.tx) & 1,
+            1,
+            "polling: the guest need not kick"
+        );
+    }
+
+    std::thread::sleep(window * 2);
+    assert_eq!(
+        used_flags(&a, &a.tx) & 1,
+        0,
+        "idle again: notifications re-armed"
+    );
+    a.queue_tx(&VirtioNetHdr::default(), &tcp_frame(1, 2, b"late"));
+    assert!(
+        b.try_recv(Duration::from_millis(200)).is_none(),
+        "an idle worker sleeps: nothing polls the ring"
+    );
+    a.tx.kick();
+    assert_eq!(b.recv().1, tcp_frame(1, 2, b"late"));
 }

@@ -102,6 +102,7 @@ impl Setup {
             default_deny: false,
             audit: false,
             conntrack_max_per_vnic: DEFAULT_CONNTRACK_MAX,
+            poll_us: 0,
             namespaces: vec![NamespaceConfig {
                 name: "shop".into(),
                 labels: [("team".to_owned(), "web".to_owned())].into(),

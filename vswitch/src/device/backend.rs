@@ -26,14 +26,14 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tracing::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringState, VringT};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_S_LINK_UP};
-use virtio_queue::QueueT;
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -67,6 +67,11 @@ pub const TX_RESUME_EVENT: u16 = INBOX_EVENT + 1;
 /// enough to amortise the per-batch costs (notification check, firewall housekeeping), small
 /// enough that the inbox (1024 frames) is drained between two TX batches.
 pub const TX_BUDGET: usize = 256;
+/// TX chains taken from the avail ring per read of its index.
+const TX_BURST: usize = 32;
+/// Longest stretch a worker busy-polls before it passes through its event loop once (see
+/// [`VnicBackend::poll`]): bounds how late it sees the exit event and control events.
+pub const POLL_SLICE_NS: u64 = 2_000_000;
 
 struct TxState {
     buf: TxBuffer,
@@ -91,6 +96,12 @@ pub(crate) struct Session {
     tx_resume: EventFd,
     /// Set when the connection ended: late events from the old worker do nothing.
     closed: AtomicBool,
+    /// Poll mode: when the worker last found work (pipeline ns), kept across the
+    /// [`POLL_SLICE_NS`]s of one polling stretch so the idle window spans them.
+    poll_last_work: AtomicU64,
+    /// Poll mode: the worker left a polling stretch at a slice boundary; the TX resume event
+    /// continues it.
+    poll_resume: AtomicBool,
     exit_notifiers: Mutex<Vec<EventNotifier>>,
     /// Raw fds of the exit-event consumers handed to the crate, which registers them in the
     /// worker's epoll with `into_raw_fd()` and never closes them (one fd leaked per session in
@@ -123,6 +134,8 @@ impl VnicBackend {
             rx_vring: OnceLock::new(),
             tx_resume: EventFd::new(EFD_NONBLOCK)?,
             closed: AtomicBool::new(false),
+            poll_last_work: AtomicU64::new(0),
+            poll_resume: AtomicBool::new(false),
             exit_notifiers: Mutex::new(Vec::new()),
             exit_consumer_fds: Mutex::new(Vec::new()),
         })))
@@ -183,19 +196,21 @@ impl VnicBackend {
 
     /// Processes up to [`TX_BUDGET`] available TX chains, then signals the guest and every
     /// receiver written to directly once each (if EVENT_IDX says so). Rings the TX resume
-    /// doorbell if chains are left.
-    fn process_tx(&self, vring: &Vring) {
+    /// doorbell if chains are left. With `polling`, guest notifications stay off and nothing
+    /// is re-queued: the poll loop ([`VnicBackend::poll`]) comes back by itself. Returns
+    /// whether any chain was consumed.
+    fn process_tx(&self, vring: &Vring, polling: bool) -> bool {
         let s = &self.0;
         let mut tx = lock(&s.tx);
         if s.closed.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         let mem = s.mem.memory();
         let hdr_len = vnet_hdr_len(s.port.acked_features());
         let now = s.pipeline.now();
         let mut vstate = vring.get_mut();
         if !vstate.get_queue().ready() || !vstate.is_enabled() {
-            return;
+            return false;
         }
         let TxState { buf, scratch } = &mut *tx;
         let used_before = vstate.get_queue().next_used();
@@ -205,30 +220,45 @@ impl VnicBackend {
             // popping fails too and we stop.
             let _ = vstate.disable_notification();
             while budget > 0 {
-                let Some(chain) = vstate.get_queue_mut().pop_descriptor_chain(&*mem) else {
+                // One read of the guest's avail index per burst, not per chain: that index
+                // sits on a cache line the guest's core keeps writing, so each read misses.
+                let mut burst: [Option<DescriptorChain<&GuestMem>>; TX_BURST] = Default::default();
+                let mut n = 0;
+                if let Ok(iter) = vstate.get_queue_mut().iter(&*mem) {
+                    for (slot, chain) in burst.iter_mut().zip(iter.take(budget)) {
+                        *slot = Some(chain);
+                        n += 1;
+                    }
+                }
+                if n == 0 {
                     break;
-                };
-                budget -= 1;
-                let head = chain.head_index();
-                match copy_tx_chain(&*mem, chain, buf) {
-                    Ok(len) if len < hdr_len + 14 => {
-                        s.port.counters.count_drop(DropReason::ShortFrame)
-                    }
-                    Ok(len) => {
-                        let bytes = &buf.bytes()[..len];
-                        // parse() cannot fail: the slice is at least hdr_len >= 10 bytes.
-                        let hdr = VirtioNetHdr::parse(&bytes[..hdr_len]).unwrap_or_default();
-                        s.pipeline
-                            .from_vnic(&s.port, &hdr, &bytes[hdr_len..], now, scratch);
-                    }
-                    Err(reason) => s.port.counters.count_drop(reason),
                 }
-                // TX buffers are device-readable: the used length is 0 either way.
-                if vstate.get_queue_mut().add_used(&*mem, head, 0).is_err() {
-                    s.port
-                        .counters
-                        .count_drop(DropReason::DescriptorOutOfMemory);
+                budget -= n;
+                for chain in burst.iter_mut().take(n).filter_map(Option::take) {
+                    let head = chain.head_index();
+                    match copy_tx_chain(&*mem, chain, buf) {
+                        Ok(len) if len < hdr_len + 14 => {
+                            s.port.counters.count_drop(DropReason::ShortFrame)
+                        }
+                        Ok(len) => {
+                            let bytes = &buf.bytes()[..len];
+                            // parse() cannot fail: the slice is at least hdr_len >= 10 bytes.
+                            let hdr = VirtioNetHdr::parse(&bytes[..hdr_len]).unwrap_or_default();
+                            s.pipeline
+                                .from_vnic(&s.port, &hdr, &bytes[hdr_len..], now, scratch);
+                        }
+                        Err(reason) => s.port.counters.count_drop(reason),
+                    }
+                    // TX buffers are device-readable: the used length is 0 either way.
+                    if vstate.get_queue_mut().add_used(&*mem, head, 0).is_err() {
+                        s.port
+                            .counters
+                            .count_drop(DropReason::DescriptorOutOfMemory);
+                    }
                 }
+            }
+            if polling {
+                break;
             }
             if budget == 0 {
                 // Out of budget: notifications stay off, the resume doorbell brings us back
@@ -258,18 +288,71 @@ impl VnicBackend {
                 debug!(port = %s.port.name(), "TX call notify failed: {e}");
             }
         }
+        moved
+    }
+
+    /// Busy-poll mode (the pipeline's poll window > 0): after an event, keeps processing the
+    /// TX ring and draining the inbox until nothing arrived for one poll window, yielding the
+    /// core between empty rounds so the other vNICs' workers on it get their turn. Guest TX
+    /// notifications stay off meanwhile, so a busy guest stops kicking us and we stop sleeping
+    /// in and waking from epoll per burst. After [`POLL_SLICE_NS`] of continuous polling it returns
+    /// to the event loop through the TX resume doorbell (exit and control events are only seen
+    /// there). Idle, it re-arms the notifications and sleeps as in event mode.
+    fn poll(&self, rx: &Vring, tx: &Vring) {
+        let s = &self.0;
+        let window = s.pipeline.poll_ns();
+        if window == 0 {
+            return;
+        }
+        let start = s.pipeline.now();
+        // An event starts (or extends) a stretch; a slice boundary only continues it.
+        let mut last_work = if s.poll_resume.swap(false, Ordering::Relaxed) {
+            s.poll_last_work.load(Ordering::Relaxed)
+        } else {
+            start
+        };
+        loop {
+            if s.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let mut worked = self.process_tx(tx, true);
+            if !s.port.inbox.is_empty() {
+                worked |= self.flush_rx(rx);
+            }
+            let now = s.pipeline.now();
+            if worked {
+                last_work = now;
+            } else if now.saturating_sub(last_work) >= window {
+                // Going to sleep: re-arm the TX notification. That also processes what was
+                // posted since the last round; if there was some, keep polling.
+                if !self.process_tx(tx, false) {
+                    return;
+                }
+                last_work = s.pipeline.now();
+            }
+            if now.saturating_sub(start) >= POLL_SLICE_NS {
+                s.poll_last_work.store(last_work, Ordering::Relaxed);
+                s.poll_resume.store(true, Ordering::Relaxed);
+                let _ = s.tx_resume.write(1);
+                return;
+            }
+            if !worked {
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// Writes waiting inbox frames into the RX ring until it is empty or out of buffers.
-    fn flush_rx(&self, vring: &Vring) {
+    /// Returns whether anything reached the used ring.
+    fn flush_rx(&self, vring: &Vring) -> bool {
         let s = &self.0;
         let mut rx = lock(&s.rx);
         if s.closed.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         let mut vstate = vring.get_mut();
         if !vstate.get_queue().ready() || !vstate.is_enabled() {
-            return;
+            return false;
         }
         if !s.port.is_rx_ready() {
             s.port.set_rx_ready(true);
@@ -366,13 +449,13 @@ impl VnicBackend {
             }
             s.port.inbox.recycle(frame.data);
         }
-        if vstate.get_queue().next_used() != used_before
-            && vstate.needs_notification().unwrap_or(true)
-        {
+        let moved = vstate.get_queue().next_used() != used_before;
+        if moved && vstate.needs_notification().unwrap_or(true) {
             if let Err(e) = vstate.signal_used_queue() {
                 debug!(port = %s.port.name(), "RX call notify failed: {e}");
             }
         }
+        moved
     }
 }
 
@@ -546,19 +629,24 @@ impl VhostUserBackend for VnicBackend {
             }
         }
         match device_event {
-            RX_QUEUE => self.flush_rx(rx),
+            RX_QUEUE => {
+                self.flush_rx(rx);
+            }
             // Reject replies to ourselves arrive through the inbox doorbell like any frame.
-            TX_QUEUE => self.process_tx(tx),
+            TX_QUEUE => {
+                self.process_tx(tx, false);
+            }
             INBOX_EVENT => {
                 self.0.port.inbox.consume_wake();
                 self.flush_rx(rx);
             }
             TX_RESUME_EVENT => {
                 let _ = self.0.tx_resume.read();
-                self.process_tx(tx);
+                self.process_tx(tx, false);
             }
-            _ => {}
+            _ => return Ok(()),
         }
+        self.poll(rx, tx);
         Ok(())
     }
 }

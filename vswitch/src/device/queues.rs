@@ -44,6 +44,37 @@ impl TxBuffer {
     }
 }
 
+/// Reads `dst.len()` bytes of guest memory at `addr` with one region lookup. vm-memory's
+/// `read_slice` goes through its general region-spanning iterator, which cost more than the
+/// copy itself for small frames (~14 % of the established-flow profile); a range that spans
+/// regions still takes that path.
+fn read_guest<M>(mem: &M, addr: GuestAddress, dst: &mut [u8]) -> Result<(), ()>
+where
+    M: GuestMemory + GuestMemoryBackend,
+{
+    match GuestMemoryBackend::get_slice(mem, addr, dst.len()) {
+        Ok(src) => {
+            src.copy_to(dst);
+            Ok(())
+        }
+        Err(_) => mem.read_slice(dst, addr).map_err(|_| ()),
+    }
+}
+
+/// Writes `src` into guest memory at `addr`, like [`read_guest`].
+fn write_guest<M>(mem: &M, addr: GuestAddress, src: &[u8]) -> Result<(), ()>
+where
+    M: GuestMemory + GuestMemoryBackend,
+{
+    match GuestMemoryBackend::get_slice(mem, addr, src.len()) {
+        Ok(dst) => {
+            dst.copy_from(src);
+            Ok(())
+        }
+        Err(_) => mem.write_slice(src, addr).map_err(|_| ()),
+    }
+}
+
 /// Copies the device-readable chain `chain` into `out`. Returns the number of bytes copied.
 pub fn copy_tx_chain<M>(
     mem: &M,
@@ -51,7 +82,7 @@ pub fn copy_tx_chain<M>(
     out: &mut TxBuffer,
 ) -> Result<usize, DropReason>
 where
-    M: GuestMemory,
+    M: GuestMemory + GuestMemoryBackend,
 {
     out.len = 0;
     let mut count = 0usize;
@@ -71,7 +102,7 @@ where
             .checked_add(len)
             .filter(|e| *e <= out.buf.len())
             .ok_or(DropReason::Oversized)?;
-        mem.read_slice(&mut out.buf[out.len..end], desc.addr())
+        read_guest(mem, desc.addr(), &mut out.buf[out.len..end])
             .map_err(|_| DropReason::DescriptorOutOfMemory)?;
         out.len = end;
     }
@@ -150,7 +181,11 @@ where
         if desc.len() == 0 {
             continue;
         }
-        if !GuestMemoryBackend::check_range(mem, desc.addr(), desc.len() as usize) {
+        // One region lookup when the buffer sits in one region (the common case); the
+        // general check walks vm-memory's region-spanning iterator.
+        if GuestMemoryBackend::get_slice(mem, desc.addr(), desc.len() as usize).is_err()
+            && !GuestMemoryBackend::check_range(mem, desc.addr(), desc.len() as usize)
+        {
             return Err(());
         }
         cap = cap.checked_add(desc.len()).ok_or(())?;
@@ -238,7 +273,7 @@ where
             while room > 0 && part < src_parts.len() {
                 let src = src_parts[part];
                 let n = room.min(src.len());
-                if n > 0 && mem.write_slice(&src[..n], at).is_err() {
+                if n > 0 && write_guest(mem, at, &src[..n]).is_err() {
                     write_failed = true;
                 }
                 room -= n;
