@@ -4,89 +4,13 @@
 
 mod common;
 
-use std::net::IpAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use etherparse::PacketBuilder;
 use vm_memory::{Bytes, GuestAddress};
 
 use common::*;
 use vswitch::counters::DropReason;
-use vswitch::device::{SocketRole, VnicRunner};
-use vswitch::filter::InsecureAllowAll;
-use vswitch::mac::MacAddr;
 use vswitch::net_hdr::VirtioNetHdr;
-use vswitch::pipeline::Pipeline;
-use vswitch::port::{PortId, VnicIdentity, VnicPort};
-
-fn mac(n: u8) -> MacAddr {
-    MacAddr([0x52, 0x54, 0, 0, 0, n])
-}
-
-struct Net {
-    pipeline: Arc<Pipeline>,
-    dir: tempfile::TempDir,
-    runners: Vec<VnicRunner>,
-}
-
-impl Net {
-    fn new() -> Net {
-        Net {
-            pipeline: Arc::new(Pipeline::new(Arc::new(InsecureAllowAll))),
-            dir: tempfile::tempdir().unwrap(),
-            runners: Vec::new(),
-        }
-    }
-
-    fn sock(&self, n: u8) -> PathBuf {
-        self.dir.path().join(format!("vnic{n}.sock"))
-    }
-
-    /// A vNIC with an inbox of `inbox` frames, served in listen role, and a connected VM.
-    fn vnic(&mut self, n: u8, inbox: usize, cfg: GuestConfig) -> (Arc<VnicPort>, TestVm) {
-        let ips: Vec<IpAddr> = vec![IpAddr::from([10, 0, 0, n])];
-        let port = Arc::new(
-            VnicPort::with_inbox_capacity(
-                PortId(n as u32),
-                VnicIdentity {
-                    name: format!("vm{n}"),
-                    ..Default::default()
-                },
-                mac(n),
-                &ips,
-                inbox,
-            )
-            .unwrap(),
-        );
-        self.pipeline.add_vnic(port.clone()).unwrap();
-        let path = self.sock(n);
-        self.runners.push(
-            VnicRunner::spawn(
-                port.clone(),
-                self.pipeline.clone(),
-                &path,
-                SocketRole::Listen,
-            )
-            .unwrap(),
-        );
-        let vm = TestVm::connect(&path, cfg);
-        wait_rx_ready(&port);
-        (port, vm)
-    }
-}
-
-fn tcp_frame(from: u8, to: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(mac(from).0, mac(to).0)
-        .ipv4([10, 0, 0, from], [10, 0, 0, to], 64)
-        .tcp(40000 + from as u16, 80, 1, 64000)
-        .ack(1)
-        .write(&mut f, payload)
-        .unwrap();
-    f
-}
 
 /// Without EVENT_IDX every batch is signalled, so the call counts show the batches: a kick
 /// with 500 chains is handled as two TX batches (TX_BUDGET = 256 chains, the rest through the
@@ -99,8 +23,8 @@ fn one_kick_is_drained_in_budgeted_batches_signalled_once_each() {
         queue_size: 1024,
         ..GuestConfig::plain()
     };
-    let (_pa, mut a) = net.vnic(1, 1024, cfg);
-    let (pb, mut b) = net.vnic(2, 1024, cfg);
+    let (_pa, mut a) = net.vnic_with_inbox(1, 1024, cfg);
+    let (pb, mut b) = net.vnic_with_inbox(2, 1024, cfg);
     assert_eq!(a.features & F_EVENT_IDX, 0);
     b.post_rx(1000, 2048);
     // Let B's worker finish handling that RX kick: the direct path never waits for it.
@@ -126,9 +50,9 @@ fn one_kick_is_drained_in_budgeted_batches_signalled_once_each() {
 #[test]
 fn a_stalled_receiver_only_loses_its_own_frames() {
     let mut net = Net::new();
-    let (_pa, mut a) = net.vnic(1, 1024, GuestConfig::full());
-    let (pb, _b) = net.vnic(2, 8, GuestConfig::full());
-    let (pc, mut c) = net.vnic(3, 1024, GuestConfig::full());
+    let (_pa, mut a) = net.vnic_with_inbox(1, 1024, GuestConfig::full());
+    let (pb, _b) = net.vnic_with_inbox(2, 8, GuestConfig::full());
+    let (pc, mut c) = net.vnic_with_inbox(3, 1024, GuestConfig::full());
     c.post_rx(64, 2048);
     for i in 0..40u8 {
         a.queue_tx(&VirtioNetHdr::default(), &tcp_frame(1, 2, &[i; 64]));
@@ -159,8 +83,8 @@ fn poll_mode_forwards_unkicked_chains_and_sleeps_when_idle() {
     let mut net = Net::new();
     let window = Duration::from_millis(300);
     net.pipeline.set_poll(window);
-    let (_pa, mut a) = net.vnic(1, 1024, GuestConfig::plain());
-    let (_pb, mut b) = net.vnic(2, 1024, GuestConfig::plain());
+    let (_pa, mut a) = net.vnic_with_inbox(1, 1024, GuestConfig::plain());
+    let (_pb, mut b) = net.vnic_with_inbox(2, 1024, GuestConfig::plain());
     b.post_rx(64, 2048);
     // Both workers idle for longer than the window: asleep, notifications armed.
     std::thread::sleep(window * 2);

@@ -6,8 +6,6 @@ mod common;
 
 use std::net::IpAddr;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
@@ -17,88 +15,7 @@ use common::*;
 use vswitch::checksum::{fold, pseudo_header_sum};
 use vswitch::counters::DropReason;
 use vswitch::device::{SocketRole, VnicRunner};
-use vswitch::filter::InsecureAllowAll;
-use vswitch::mac::MacAddr;
 use vswitch::net_hdr::{VirtioNetHdr, FLAG_NEEDS_CSUM, GSO_TCPV4};
-use vswitch::pipeline::Pipeline;
-use vswitch::port::{PortId, VnicIdentity, VnicPort};
-
-fn mac(n: u8) -> MacAddr {
-    MacAddr([0x52, 0x54, 0, 0, 0, n])
-}
-
-fn ip4(n: u8) -> [u8; 4] {
-    [10, 0, 0, n]
-}
-
-struct Net {
-    pipeline: Arc<Pipeline>,
-    dir: tempfile::TempDir,
-    runners: Vec<VnicRunner>,
-}
-
-impl Net {
-    fn new() -> Net {
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-        Net {
-            pipeline: Arc::new(Pipeline::new(Arc::new(InsecureAllowAll))),
-            dir: tempfile::tempdir().unwrap(),
-            runners: Vec::new(),
-        }
-    }
-
-    fn sock(&self, n: u8) -> PathBuf {
-        self.dir.path().join(format!("vnic{n}.sock"))
-    }
-
-    fn port(&self, n: u8, inbox: usize) -> Arc<VnicPort> {
-        let ips: Vec<IpAddr> = vec![IpAddr::from(ip4(n))];
-        let port = Arc::new(
-            VnicPort::with_inbox_capacity(
-                PortId(n as u32),
-                VnicIdentity {
-                    name: format!("vm{n}"),
-                    ..Default::default()
-                },
-                mac(n),
-                &ips,
-                inbox,
-            )
-            .unwrap(),
-        );
-        self.pipeline.add_vnic(port.clone()).unwrap();
-        port
-    }
-
-    /// A vNIC served in listen role, and a connected test VM.
-    fn vnic(&mut self, n: u8, cfg: GuestConfig) -> (Arc<VnicPort>, TestVm) {
-        let port = self.port(n, 1024);
-        let path = self.sock(n);
-        self.runners.push(
-            VnicRunner::spawn(
-                port.clone(),
-                self.pipeline.clone(),
-                &path,
-                SocketRole::Listen,
-            )
-            .unwrap(),
-        );
-        let vm = TestVm::connect(&path, cfg);
-        wait_rx_ready(&port);
-        (port, vm)
-    }
-}
-
-fn tcp_frame(from: u8, to: u8, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2(mac(from).0, mac(to).0)
-        .ipv4(ip4(from), ip4(to), 64)
-        .tcp(40000 + from as u16, 80, 1, 64000)
-        .ack(1)
-        .write(&mut f, payload)
-        .unwrap();
-    f
-}
 
 #[test]
 fn frame_from_a_arrives_on_b_with_the_right_header() {

@@ -6,6 +6,10 @@
 
 #![allow(dead_code)]
 
+pub mod net;
+#[allow(unused_imports)]
+pub use net::*;
+
 use std::fs::File;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
