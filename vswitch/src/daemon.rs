@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use api::controller::{ChangeReport, Controller, ControllerConfig, ControllerError, InputFile};
 use api::realized::ChangeAction;
@@ -73,6 +73,8 @@ pub enum DaemonError {
     Conntrack(#[from] CtConfigError),
     #[error("flow log: {0}")]
     FlowLog(std::io::Error),
+    #[error("cannot start poll threads: {0}")]
+    PollThreads(std::io::Error),
     #[error("state dir {0}: {1}")]
     StateDir(PathBuf, std::io::Error),
     #[error("no policy_dir configured")]
@@ -333,9 +335,12 @@ impl Daemon {
             .map_err(|e| DaemonError::StateDir(cfg.state_dir.clone(), e))?;
         let t0 = Instant::now();
         let dataplane = Dataplane::new(Arc::new(FailClosed));
-        dataplane
-            .pipeline()
-            .set_poll(Duration::from_micros(cfg.poll_us.into()));
+        if let Some(poll) = cfg.poll_config() {
+            dataplane
+                .pipeline()
+                .start_polling(&poll)
+                .map_err(DaemonError::PollThreads)?;
+        }
         let flowlog = FlowLog::start(
             Some(cfg.state_dir.join("flows.jsonl")),
             dataplane.pipeline().now(),

@@ -217,6 +217,7 @@ impl Dataplane {
             reader.shutdown();
             drop(tap);
         }
+        self.pipeline.stop_polling();
     }
 }
 

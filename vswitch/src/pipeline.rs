@@ -15,13 +15,14 @@
 //! in flight finish with the snapshot they loaded. Writers are serialised by a mutex so two
 //! concurrent updates cannot lose each other's change.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
 use crate::counters::{DropReason, PortCounters};
+use crate::device::{PollConfig, PollerPool};
 use crate::filter::{FilterContext, FilterVerdict, PacketFilter};
 use crate::net_hdr::{OffloadSet, VirtioNetHdr};
 use crate::offload::FrameMeta;
@@ -87,8 +88,8 @@ pub struct Pipeline {
     update: Mutex<()>,
     next_id: AtomicU32,
     epoch: Instant,
-    /// Busy-poll window of the vNIC workers in ns (0 = off); see [`Pipeline::set_poll`].
-    poll_ns: AtomicU64,
+    /// The poll threads in poll mode; see [`Pipeline::start_polling`].
+    poll: arc_swap::ArcSwapOption<PollerPool>,
 }
 
 impl Pipeline {
@@ -99,7 +100,7 @@ impl Pipeline {
             update: Mutex::new(()),
             next_id: AtomicU32::new(1),
             epoch: Instant::now(),
-            poll_ns: AtomicU64::new(0),
+            poll: arc_swap::ArcSwapOption::empty(),
         }
     }
 
@@ -108,19 +109,36 @@ impl Pipeline {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// Busy-poll mode: after a burst, a vNIC's worker keeps polling its TX ring and inbox for
-    /// up to `window` of idleness before it re-arms the guest's notifications and sleeps in
-    /// epoll. Trades a core's idle time for the wake-up and kick per burst (what OVS-DPDK's PMD
-    /// and testpmd do); `Duration::ZERO` (the default) is pure event-driven operation. Takes
-    /// effect at each worker's next event.
-    pub fn set_poll(&self, window: std::time::Duration) {
-        let ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
-        self.poll_ns.store(ns, Ordering::Relaxed);
+    /// Poll mode: `cfg.threads` shared threads serve the queues of every vNIC connected from
+    /// now on, busy-polling while there is traffic (what OVS-DPDK's PMD threads and testpmd
+    /// do): no wake-up or guest kick per burst, no lock contention between vNICs on one
+    /// thread. Sessions connected before keep their event-driven worker. Call before vNICs
+    /// are served; a second call replaces nothing and fails.
+    pub fn start_polling(&self, cfg: &PollConfig) -> std::io::Result<()> {
+        let pool = Arc::new(PollerPool::start(cfg)?);
+        let prev = self
+            .poll
+            .compare_and_swap(&None::<Arc<PollerPool>>, Some(pool.clone()));
+        if prev.is_some() {
+            pool.stop();
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "poll threads already started",
+            ));
+        }
+        Ok(())
     }
 
-    /// The busy-poll window in ns (0 = off).
-    pub fn poll_ns(&self) -> u64 {
-        self.poll_ns.load(Ordering::Relaxed)
+    /// Stops the poll threads (at shutdown, after the vNICs).
+    pub fn stop_polling(&self) {
+        if let Some(pool) = self.poll.swap(None) {
+            pool.stop();
+        }
+    }
+
+    /// The poll threads, in poll mode.
+    pub fn poll_pool(&self) -> Option<Arc<PollerPool>> {
+        self.poll.load_full()
     }
 
     /// A fresh vNIC id (never reused).

@@ -10,6 +10,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use common::*;
 use vswitch::counters::DropReason;
+use vswitch::device::PollConfig;
 use vswitch::net_hdr::VirtioNetHdr;
 
 /// Without EVENT_IDX every batch is signalled, so the call counts show the batches: a kick
@@ -82,7 +83,13 @@ fn used_flags(vm: &TestVm, ring: &Ring) -> u16 {
 fn poll_mode_forwards_unkicked_chains_and_sleeps_when_idle() {
     let mut net = Net::new();
     let window = Duration::from_millis(300);
-    net.pipeline.set_poll(window);
+    net.pipeline
+        .start_polling(&PollConfig {
+            threads: 1,
+            cpus: vec![],
+            idle: window,
+        })
+        .unwrap();
     let (_pa, mut a) = net.vnic_with_inbox(1, 1024, GuestConfig::plain());
     let (_pb, mut b) = net.vnic_with_inbox(2, 1024, GuestConfig::plain());
     b.post_rx(64, 2048);

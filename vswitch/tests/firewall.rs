@@ -102,6 +102,8 @@ impl Setup {
             default_deny: false,
             audit: false,
             conntrack_max_per_vnic: DEFAULT_CONNTRACK_MAX,
+            poll_threads: 0,
+            poll_cpus: vec![],
             poll_us: 0,
             namespaces: vec![NamespaceConfig {
                 name: "shop".into(),

@@ -18,6 +18,9 @@
 //! per TX batch. Everything that has to wait stays with the owner: the backlog, arming the
 //! RX notification, segmentation.
 //!
+//! Poll mode ([`super::poller`]): the queues are served by shared poll threads instead; the
+//! worker above only forwards events to them.
+//!
 //! Batching and fairness: a TX kick drains up to [`TX_BUDGET`] chains, returns them to the
 //! guest with one used-ring update check and at most one notification (EVENT_IDX decides),
 //! then, if the guest has posted more, rings the TX resume doorbell and returns to the event
@@ -26,7 +29,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tracing::{debug, warn};
@@ -41,6 +44,7 @@ use vmm_sys_util::event::{
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::poller::Attached;
 use super::queues::{
     available_chains, copy_tx_chain, write_rx_frame, RxError, RxScratch, TxBuffer,
 };
@@ -69,9 +73,6 @@ pub const TX_RESUME_EVENT: u16 = INBOX_EVENT + 1;
 pub const TX_BUDGET: usize = 256;
 /// TX chains taken from the avail ring per read of its index.
 const TX_BURST: usize = 32;
-/// Longest stretch a worker busy-polls before it passes through its event loop once (see
-/// [`VnicBackend::poll`]): bounds how late it sees the exit event and control events.
-pub const POLL_SLICE_NS: u64 = 2_000_000;
 
 struct TxState {
     buf: TxBuffer,
@@ -96,12 +97,8 @@ pub(crate) struct Session {
     tx_resume: EventFd,
     /// Set when the connection ended: late events from the old worker do nothing.
     closed: AtomicBool,
-    /// Poll mode: when the worker last found work (pipeline ns), kept across the
-    /// [`POLL_SLICE_NS`]s of one polling stretch so the idle window spans them.
-    poll_last_work: AtomicU64,
-    /// Poll mode: the worker left a polling stretch at a slice boundary; the TX resume event
-    /// continues it.
-    poll_resume: AtomicBool,
+    /// Poll mode: the session's vrings were handed to the poll threads.
+    attached: AtomicBool,
     exit_notifiers: Mutex<Vec<EventNotifier>>,
     /// Raw fds of the exit-event consumers handed to the crate, which registers them in the
     /// worker's epoll with `into_raw_fd()` and never closes them (one fd leaked per session in
@@ -134,8 +131,7 @@ impl VnicBackend {
             rx_vring: OnceLock::new(),
             tx_resume: EventFd::new(EFD_NONBLOCK)?,
             closed: AtomicBool::new(false),
-            poll_last_work: AtomicU64::new(0),
-            poll_resume: AtomicBool::new(false),
+            attached: AtomicBool::new(false),
             exit_notifiers: Mutex::new(Vec::new()),
             exit_consumer_fds: Mutex::new(Vec::new()),
         })))
@@ -175,6 +171,10 @@ impl VnicBackend {
             // it with `into_raw_fd()` and never closes it, and nobody else knows its number.
             unsafe { libc::close(fd) };
         }
+        if let Some(pool) = s.pipeline.poll_pool() {
+            // Its poll thread drops the session at its next round.
+            pool.wake(s.port.id);
+        }
         s.port.set_rx_ready(false);
         // Breaks the port -> session reference and stops direct writes into this session.
         s.port.set_rx_sink(None);
@@ -197,7 +197,7 @@ impl VnicBackend {
     /// Processes up to [`TX_BUDGET`] available TX chains, then signals the guest and every
     /// receiver written to directly once each (if EVENT_IDX says so). Rings the TX resume
     /// doorbell if chains are left. With `polling`, guest notifications stay off and nothing
-    /// is re-queued: the poll loop ([`VnicBackend::poll`]) comes back by itself. Returns
+    /// is re-queued: the poll thread ([`super::poller`]) comes back by itself. Returns
     /// whether any chain was consumed.
     fn process_tx(&self, vring: &Vring, polling: bool) -> bool {
         let s = &self.0;
@@ -291,55 +291,32 @@ impl VnicBackend {
         moved
     }
 
-    /// Busy-poll mode (the pipeline's poll window > 0): after an event, keeps processing the
-    /// TX ring and draining the inbox until nothing arrived for one poll window, yielding the
-    /// core between empty rounds so the other vNICs' workers on it get their turn. Guest TX
-    /// notifications stay off meanwhile, so a busy guest stops kicking us and we stop sleeping
-    /// in and waking from epoll per burst. After [`POLL_SLICE_NS`] of continuous polling it returns
-    /// to the event loop through the TX resume doorbell (exit and control events are only seen
-    /// there). Idle, it re-arms the notifications and sleeps as in event mode.
-    fn poll(&self, rx: &Vring, tx: &Vring) {
-        let s = &self.0;
-        let window = s.pipeline.poll_ns();
-        if window == 0 {
-            return;
+    /// Whether the frontend connection of this session ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.0.closed.load(Ordering::Acquire)
+    }
+
+    /// One poll-thread round over this session: a TX batch with guest notifications left
+    /// off, and the backlog if frames wait. Returns whether anything moved.
+    pub(crate) fn poll_once(&self, rx: &Vring, tx: &Vring) -> bool {
+        let mut worked = self.process_tx(tx, true);
+        // A port whose RX ring is not running yet is flushed until it is (that marks it
+        // ready, see `flush_rx`).
+        if !self.0.port.inbox.is_empty() || !self.0.port.is_rx_ready() {
+            worked |= self.flush_rx(rx);
         }
-        let start = s.pipeline.now();
-        // An event starts (or extends) a stretch; a slice boundary only continues it.
-        let mut last_work = if s.poll_resume.swap(false, Ordering::Relaxed) {
-            s.poll_last_work.load(Ordering::Relaxed)
-        } else {
-            start
-        };
-        loop {
-            if s.closed.load(Ordering::Acquire) {
-                return;
-            }
-            let mut worked = self.process_tx(tx, true);
-            if !s.port.inbox.is_empty() {
-                worked |= self.flush_rx(rx);
-            }
-            let now = s.pipeline.now();
-            if worked {
-                last_work = now;
-            } else if now.saturating_sub(last_work) >= window {
-                // Going to sleep: re-arm the TX notification. That also processes what was
-                // posted since the last round; if there was some, keep polling.
-                if !self.process_tx(tx, false) {
-                    return;
-                }
-                last_work = s.pipeline.now();
-            }
-            if now.saturating_sub(start) >= POLL_SLICE_NS {
-                s.poll_last_work.store(last_work, Ordering::Relaxed);
-                s.poll_resume.store(true, Ordering::Relaxed);
-                let _ = s.tx_resume.write(1);
-                return;
-            }
-            if !worked {
-                std::thread::yield_now();
-            }
+        worked
+    }
+
+    /// Before its poll thread sleeps: re-arms the guest's TX notification (taking what was
+    /// posted meanwhile) and delivers the backlog, which arms the RX notification if the
+    /// guest has no buffers. Returns whether anything moved, i.e. whether to keep polling.
+    pub(crate) fn arm(&self, rx: &Vring, tx: &Vring) -> bool {
+        let mut worked = self.process_tx(tx, false);
+        if !self.0.port.inbox.is_empty() {
+            worked |= self.flush_rx(rx);
         }
+        worked
     }
 
     /// Writes waiting inbox frames into the RX ring until it is empty or out of buffers.
@@ -628,6 +605,25 @@ impl VhostUserBackend for VnicBackend {
                 self.0.port.set_rx_sink(Some(sink));
             }
         }
+        if let Some(pool) = self.0.pipeline.poll_pool() {
+            // Poll mode: the poll thread does the work; events only wake it.
+            match device_event {
+                INBOX_EVENT => self.0.port.inbox.consume_wake(),
+                TX_RESUME_EVENT => {
+                    let _ = self.0.tx_resume.read();
+                }
+                _ => {}
+            }
+            if !self.0.attached.swap(true, Ordering::AcqRel) && !self.is_closed() {
+                pool.attach(Attached {
+                    backend: self.clone(),
+                    rx: rx.clone(),
+                    tx: tx.clone(),
+                });
+            }
+            pool.wake(self.0.port.id);
+            return Ok(());
+        }
         match device_event {
             RX_QUEUE => {
                 self.flush_rx(rx);
@@ -644,9 +640,8 @@ impl VhostUserBackend for VnicBackend {
                 let _ = self.0.tx_resume.read();
                 self.process_tx(tx, false);
             }
-            _ => return Ok(()),
+            _ => {}
         }
-        self.poll(rx, tx);
         Ok(())
     }
 }

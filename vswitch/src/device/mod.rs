@@ -5,6 +5,7 @@
 //! * [`queues`]: copying frames out of TX chains and into RX chains, hostile-input safe;
 //! * [`shim`]: relays vhost-user messages between the frontend and the crate's handler,
 //!   papering over QEMU's early `SET_VRING_ENABLE`;
+//! * [`poller`]: poll mode, shared threads serving every vNIC's queues (OVS-DPDK PMD style);
 //! * [`runner`]: the socket roles — vdfwd listening (QEMU `-chardev socket,path=`) or
 //!   connecting to a listening frontend (QEMU `server=on`) — with reconnect.
 //!
@@ -24,11 +25,13 @@
 //! `CONFIG` (GET_CONFIG returns our config space) and `REPLY_ACK` (handled by the crate).
 
 pub mod backend;
+pub mod poller;
 pub mod queues;
 pub mod runner;
 pub mod shim;
 
 pub use backend::VnicBackend;
+pub use poller::{PollConfig, PollerPool};
 pub use runner::{SocketRole, VnicRunner};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
