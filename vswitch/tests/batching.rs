@@ -128,3 +128,33 @@ fn poll_mode_forwards_unkicked_chains_and_sleeps_when_idle() {
     a.tx.kick();
     assert_eq!(b.recv().1, tcp_frame(1, 2, b"late"));
 }
+
+/// RX kicks only when needed: a guest without EVENT_IDX is told not to kick on RX refills
+/// while nothing waits for its buffers, and asked to once frames wait in the backlog.
+#[test]
+fn rx_refills_kick_only_while_frames_wait() {
+    let mut net = Net::new();
+    let (_pa, mut a) = net.vnic_with_inbox(1, 1024, GuestConfig::plain());
+    let (pb, mut b) = net.vnic_with_inbox(2, 1024, GuestConfig::plain());
+    b.post_rx(2, 2048);
+    a.send(&VirtioNetHdr::default(), &tcp_frame(1, 2, b"one"));
+    assert_eq!(b.recv().1, tcp_frame(1, 2, b"one"));
+    wait_for("RX kicks off while the backlog is empty", || {
+        used_flags(&b, &b.rx) & 1 == 1
+    });
+
+    // One buffer left: the second frame waits, and the guest must kick when it refills.
+    for i in 0..2u8 {
+        a.send(&VirtioNetHdr::default(), &tcp_frame(1, 2, &[i]));
+    }
+    assert_eq!(b.recv().1, tcp_frame(1, 2, &[0]));
+    wait_for("the second frame waits", || pb.inbox.len() == 1);
+    assert_eq!(
+        used_flags(&b, &b.rx) & 1,
+        0,
+        "frames wait: the guest must kick"
+    );
+    b.post_rx(2, 2048);
+    assert_eq!(b.recv().1, tcp_frame(1, 2, &[1]));
+    wait_for("RX kicks off again", || used_flags(&b, &b.rx) & 1 == 1);
+}

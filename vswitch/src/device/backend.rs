@@ -426,6 +426,13 @@ impl VnicBackend {
             }
             s.port.inbox.recycle(frame.data);
         }
+        if s.port.inbox.is_empty() {
+            // Nothing waits for buffers: the guest need not kick us when it posts some (a
+            // kick per refill is a wake-up per burst for nothing; direct writes and the next
+            // flush look at the ring anyway). With EVENT_IDX this is a no-op: the guest kicks
+            // at most once more after the last time we armed it.
+            let _ = vstate.disable_notification();
+        }
         let moved = vstate.get_queue().next_used() != used_before;
         if moved && vstate.needs_notification().unwrap_or(true) {
             if let Err(e) = vstate.signal_used_queue() {
