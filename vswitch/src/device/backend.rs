@@ -77,6 +77,10 @@ const TX_BURST: usize = 32;
 struct TxState {
     buf: TxBuffer,
     scratch: Scratch,
+    /// Whether the guest was last asked to kick (TX notification enabled). A poll thread
+    /// turns it off once, not on every empty round: without EVENT_IDX that is a write to
+    /// the used ring's flags, a cache line the guest's core reads.
+    kicks_on: bool,
 }
 
 struct RxState {
@@ -123,6 +127,7 @@ impl VnicBackend {
             tx: Mutex::new(TxState {
                 buf: TxBuffer::default(),
                 scratch: Scratch::batched(),
+                kicks_on: true,
             }),
             rx: Mutex::new(RxState {
                 scratch: RxScratch::default(),
@@ -212,13 +217,20 @@ impl VnicBackend {
         if !vstate.get_queue().ready() || !vstate.is_enabled() {
             return false;
         }
-        let TxState { buf, scratch } = &mut *tx;
+        let TxState {
+            buf,
+            scratch,
+            kicks_on,
+        } = &mut *tx;
         let used_before = vstate.get_queue().next_used();
         let mut budget = TX_BUDGET;
         loop {
             // Notification errors mean the ring addresses are outside guest memory; then
             // popping fails too and we stop.
-            let _ = vstate.disable_notification();
+            if *kicks_on {
+                let _ = vstate.disable_notification();
+                *kicks_on = false;
+            }
             while budget > 0 {
                 // One read of the guest's avail index per burst, not per chain: that index
                 // sits on a cache line the guest's core keeps writing, so each read misses.
@@ -268,6 +280,7 @@ impl VnicBackend {
                     break;
                 }
             }
+            *kicks_on = true;
             match vstate.enable_notification() {
                 Ok(true) if budget > 0 => continue, // more arrived while notifications were off
                 Ok(true) => {
