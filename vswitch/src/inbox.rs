@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -47,6 +47,10 @@ pub struct Inbox {
     /// check of direct RX writes skip the lock (it was one lock round trip per frame).
     queued: AtomicUsize,
     wake: EventFd,
+    /// The consumer is a poll thread that is awake and looks at the queue every round: the
+    /// doorbell would only wake the vNIC's event worker for nothing (a context switch on the
+    /// poll thread's core). See [`Inbox::set_polled`].
+    polled: AtomicBool,
     capacity: usize,
 }
 
@@ -65,6 +69,7 @@ impl Inbox {
             }),
             queued: AtomicUsize::new(0),
             wake: EventFd::new(EFD_NONBLOCK)?,
+            polled: AtomicBool::new(false),
             capacity,
         })
     }
@@ -111,11 +116,21 @@ impl Inbox {
         inner.queue.push_back(InboxFrame { data, meta });
         self.queued.store(inner.queue.len(), Ordering::Release);
         drop(inner);
-        if was_empty {
+        // Pairs with the fence in `set_polled(false)`: either the consumer sees this frame
+        // when it looks after clearing the flag, or we see the flag cleared and ring.
+        fence(Ordering::SeqCst);
+        if was_empty && !self.polled.load(Ordering::Relaxed) {
             // EAGAIN only if the counter is saturated, in which case the consumer is awake.
             let _ = self.wake.write(1);
         }
         Ok(true)
+    }
+
+    /// Whether an awake poll thread consumes this inbox (no doorbell needed). A poll thread
+    /// about to sleep clears it and then looks at the queue once more.
+    pub fn set_polled(&self, polled: bool) {
+        self.polled.store(polled, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
     }
 
     /// Takes the oldest frame. Give its buffer back with [`Inbox::recycle`] or put it back

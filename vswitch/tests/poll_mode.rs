@@ -100,3 +100,22 @@ fn vnics_on_several_threads_reach_each_other() {
     net.pipeline.stop_polling();
     assert!(net.pipeline.poll_pool().is_none());
 }
+
+/// An awake poll thread (never sleeps) delivers a starved receiver's backlog as soon as
+/// the guest posts buffers, without relying on an RX notification.
+#[test]
+fn an_awake_thread_delivers_the_backlog_when_buffers_appear() {
+    let mut net = Net::new();
+    polling(&net, 1, Duration::ZERO);
+    let (_pa, mut a) = net.vnic(1, GuestConfig::full());
+    let (pb, mut b) = net.vnic(2, GuestConfig::full());
+    wait_rx_ready(&pb);
+    for i in 0..5u8 {
+        a.send(&VirtioNetHdr::default(), &tcp_frame(1, 2, &[i]));
+    }
+    wait_for("the backlog", || pb.inbox.len() == 5);
+    b.post_rx(5, 2048);
+    for i in 0..5u8 {
+        assert_eq!(b.recv().1, tcp_frame(1, 2, &[i]));
+    }
+}

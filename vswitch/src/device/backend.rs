@@ -180,6 +180,7 @@ impl VnicBackend {
             // Its poll thread drops the session at its next round.
             pool.wake(s.port.id);
         }
+        s.port.inbox.set_polled(false);
         s.port.set_rx_ready(false);
         // Breaks the port -> session reference and stops direct writes into this session.
         s.port.set_rx_sink(None);
@@ -314,27 +315,35 @@ impl VnicBackend {
     pub(crate) fn poll_once(&self, rx: &Vring, tx: &Vring) -> bool {
         let mut worked = self.process_tx(tx, true);
         // A port whose RX ring is not running yet is flushed until it is (that marks it
-        // ready, see `flush_rx`).
+        // ready, see `flush_rx`). A starved guest is not asked to kick: the next round
+        // looks again.
         if !self.0.port.inbox.is_empty() || !self.0.port.is_rx_ready() {
-            worked |= self.flush_rx(rx);
+            worked |= self.flush_rx(rx, false);
         }
         worked
+    }
+
+    /// Poll mode: whether the awake poll thread consumes the inbox (see
+    /// [`crate::inbox::Inbox::set_polled`]).
+    pub(crate) fn set_polled(&self, polled: bool) {
+        self.0.port.inbox.set_polled(polled && !self.is_closed());
     }
 
     /// Before its poll thread sleeps: re-arms the guest's TX notification (taking what was
     /// posted meanwhile) and delivers the backlog, which arms the RX notification if the
     /// guest has no buffers. Returns whether anything moved, i.e. whether to keep polling.
     pub(crate) fn arm(&self, rx: &Vring, tx: &Vring) -> bool {
+        self.set_polled(false);
         let mut worked = self.process_tx(tx, false);
         if !self.0.port.inbox.is_empty() {
-            worked |= self.flush_rx(rx);
+            worked |= self.flush_rx(rx, true);
         }
         worked
     }
 
     /// Writes waiting inbox frames into the RX ring until it is empty or out of buffers.
     /// Returns whether anything reached the used ring.
-    fn flush_rx(&self, vring: &Vring) -> bool {
+    fn flush_rx(&self, vring: &Vring, arm_if_starved: bool) -> bool {
         let s = &self.0;
         let mut rx = lock(&s.rx);
         if s.closed.load(Ordering::Acquire) {
@@ -379,7 +388,7 @@ impl VnicBackend {
                         }
                         Err(RxError::NoBuffers) => {
                             s.port.inbox.unpop(frame);
-                            if arm_rx_notification(&mut vstate) {
+                            if arm_if_starved && arm_rx_notification(&mut vstate) {
                                 continue; // buffers arrived meanwhile
                             }
                             break;
@@ -396,7 +405,7 @@ impl VnicBackend {
                     let avail = available_chains(queue, &*mem) as usize;
                     if avail < needed && needed <= queue.size() as usize {
                         s.port.inbox.unpop(frame);
-                        if arm_rx_notification(&mut vstate) {
+                        if arm_if_starved && arm_rx_notification(&mut vstate) {
                             continue;
                         }
                         break;
@@ -646,7 +655,7 @@ impl VhostUserBackend for VnicBackend {
         }
         match device_event {
             RX_QUEUE => {
-                self.flush_rx(rx);
+                self.flush_rx(rx, true);
             }
             // Reject replies to ourselves arrive through the inbox doorbell like any frame.
             TX_QUEUE => {
@@ -654,7 +663,7 @@ impl VhostUserBackend for VnicBackend {
             }
             INBOX_EVENT => {
                 self.0.port.inbox.consume_wake();
-                self.flush_rx(rx);
+                self.flush_rx(rx, true);
             }
             TX_RESUME_EVENT => {
                 let _ = self.0.tx_resume.read();

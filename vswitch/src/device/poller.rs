@@ -223,6 +223,9 @@ fn run(shard: &Shard, cpu: Option<usize>, idle_ns: u64) {
         if generation != seen {
             sessions = shard.live();
             seen = shard.generation.load(Ordering::Acquire);
+            for a in &sessions {
+                a.backend.set_polled(true);
+            }
         }
         let mut worked = false;
         let mut ended = false;
@@ -234,8 +237,8 @@ fn run(shard: &Shard, cpu: Option<usize>, idle_ns: u64) {
             worked |= a.backend.poll_once(&a.rx, &a.tx);
         }
         if ended {
-            sessions = shard.live();
-            seen = shard.generation.load(Ordering::Acquire);
+            // Re-read at the top of the next round.
+            seen = u64::MAX;
         }
         if worked {
             idle_since = None;
@@ -259,6 +262,9 @@ fn run(shard: &Shard, cpu: Option<usize>, idle_ns: u64) {
             shard.sleep();
         }
         shard.asleep.store(false, Ordering::SeqCst);
+        for a in &sessions {
+            a.backend.set_polled(true);
+        }
         idle_since = None;
     }
 }
