@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import fcntl
 import json
 import os
 import platform
@@ -56,8 +57,9 @@ SUBJECT_CPU = 0  # the subject's polling thread
 
 # Addresses. Pair 0 uses what testpmd's flowgen hard-codes (MACs 00:01:02:03:04:00 -> :01,
 # 10.254.0.0:1000 -> 10.253.0.0+n:1001), so loop and flowgen traffic is the same flow to a
-# subject's spoof guard and policy. Pair k>0 differs in the MACs only: testpmd's --tx-ip is
-# global (see vNIC sweep notes in README.md).
+# subject's spoof guard and policy. Pair k>0 has its own MACs and, with the pairgen generator
+# (the vNIC sweep), its own IPs 10.254.0.k / 10.253.0.k; testpmd's --tx-ip is global, so with
+# testpmd every pair sends pair 0's IPs (see the vNIC sweep notes in README.md).
 IP_A = "10.254.0.0"
 IP_B = "10.253.0.0"
 UDP_SRC = 1000
@@ -73,6 +75,15 @@ def mac_a(k: int) -> str:
 
 def mac_b(k: int) -> str:
     return f"00:01:02:03:{4 + k:02x}:01"
+
+
+def ip_a(k: int) -> str:
+    """The IP of pair k's vNIC A (pair 0: IP_A), unique per pair."""
+    return f"10.254.{k >> 8}.{k & 255}"
+
+
+def ip_b(k: int) -> str:
+    return f"10.253.{k >> 8}.{k & 255}"
 
 
 def log(msg: str) -> None:
@@ -226,9 +237,11 @@ def rss_of(pid: int) -> dict:
 
 
 class Testpmd:
+    """dpdk-testpmd, or pairgen (`program`), which answers the same commands the same way."""
+
     started = 0  # numbers the log files: one per process
     def __init__(self, name: str, lcores: str, main_lcore: int, vdevs: list[str], app: list[str],
-                 run_dir: Path, mem_mb: int = 512) -> None:
+                 run_dir: Path, mem_mb: int = 512, program: str = "dpdk-testpmd") -> None:
         self.name = name
         prefix = f"vdfwb-{os.getpid()}-{name}"
         eal = ["-l", lcores, "--main-lcore", str(main_lcore), "--no-pci", "--no-huge",
@@ -236,7 +249,7 @@ class Testpmd:
         for v in vdevs:
             eal += ["--vdev", v]
         # stdout is a pipe: without stdbuf testpmd's answers sit in a 4 KiB stdio buffer.
-        argv = ["stdbuf", "-oL", "dpdk-testpmd", *eal, "--", "-i", *app]
+        argv = ["stdbuf", "-oL", program, *eal, "--", "-i", *app]
         Testpmd.started += 1
         self.proc = Proc(name, argv, run_dir / f"{name}-{Testpmd.started:03d}.log", stdin_pipe=True)
         # DPDK leaves /var/run/dpdk/<prefix>/ behind; remove ours after the process is gone
@@ -345,6 +358,52 @@ class Testpmd:
         shutil.rmtree(self._rundir, ignore_errors=True)
 
 
+class PairGen:
+    """pairgen.c, compiled once per run against the installed DPDK (about a second).
+
+    The vNIC sweep's generator: testpmd's 5tswap loop with a source/destination IP per port,
+    so every vNIC pair sends its own addresses (see the comment at the top of pairgen.c)."""
+
+    SOURCE = HERE / "pairgen.c"
+
+    def __init__(self) -> None:
+        self.out_dir: Optional[Path] = None
+        self._path: Optional[Path] = None
+        self._why: Optional[str] = None
+
+    def unavailable(self) -> Optional[str]:
+        """Builds it if not yet done; returns why it cannot run, or None."""
+        if self._path or self._why:
+            return self._why
+        assert self.out_dir is not None
+        for tool in ("gcc", "pkg-config"):
+            if not shutil.which(tool):
+                self._why = f"pairgen needs {tool} (integration/bench/install-bench-deps.sh)"
+                return self._why
+        flags = run(["pkg-config", "--cflags", "--libs", "libdpdk"], check=False)
+        if flags.returncode != 0:
+            self._why = "pairgen needs libdpdk-dev (pkg-config libdpdk failed)"
+            return self._why
+        out = self.out_dir / "pairgen"
+        r = run(["gcc", "-O2", "-Wall", "-o", str(out), str(self.SOURCE), *flags.stdout.split()], check=False)
+        if r.returncode != 0:
+            self._why = f"pairgen did not compile: {r.stderr.strip()[-400:]}"
+            return self._why
+        log(f"built {out}")
+        self._path = out
+        return None
+
+    def path(self) -> Path:
+        why = self.unavailable()
+        if why:
+            raise RuntimeError(why)
+        assert self._path is not None
+        return self._path
+
+
+PAIRGEN = PairGen()
+
+
 # ----------------------------------------------------------------------------------------
 # Traffic and cases
 # ----------------------------------------------------------------------------------------
@@ -359,11 +418,20 @@ class Case:
     rules: int = 10  # policy rules in the subject (the allowing one among them)
     pairs: int = 1  # vNIC pairs (vNIC count = 2 * pairs)
     deny: bool = False  # policy denies A -> B
+    # Loop generator: "testpmd" (every pair sends pair 0's IPs) or "pairgen" (pair k sends
+    # ip_a(k) <-> ip_b(k); see pairgen.c). Same for every subject of a case.
+    gen: str = "testpmd"
 
     @property
     def key(self) -> str:
         return (f"{self.figure}:{self.mode}:f{self.frame}:n{self.flows}:r{self.rules}:"
-                f"v{2 * self.pairs}{':deny' if self.deny else ''}")
+                f"v{2 * self.pairs}{':deny' if self.deny else ''}"
+                f"{'' if self.gen == 'testpmd' else ':' + self.gen}")
+
+    def ips(self, k: int) -> tuple[str, str]:
+        """The source IPs the generator's ports of pair k send (A, B): what a subject's
+        anti-spoofing must accept."""
+        return (ip_a(k), ip_b(k)) if self.gen == "pairgen" else (IP_A, IP_B)
 
     @property
     def x(self) -> int:
@@ -396,6 +464,14 @@ class Generator:
             mac = mac_a(k) if i % 2 == 0 else mac_b(k)
             vdevs.append(f"net_virtio_user{i},path={s},server=1,queues=1,queue_size=256,mac={mac}")
         mbufs = max(16384, self.nports * 2048)
+        mem = 512 if self.nports <= 8 else 1024
+        if case.gen == "pairgen":
+            # Seeds from A's ports only (A opens, B answers); otherwise testpmd's loop.
+            app = [f"--mbufs={mbufs}", f"--frame={case.frame}", f"--udp={UDP_SRC},{UDP_DST}"]
+            app += [f"--port-flow={2 * k},{mac_b(k)},{ip_a(k)},{ip_b(k)}" for k in range(case.pairs)]
+            self.tp = Testpmd("pairgen", f"{SUBJECT_CPU},{GEN_CPU}", SUBJECT_CPU, vdevs, app, run_dir, mem,
+                              program=str(PAIRGEN.path()))
+            return
         app = [f"--total-num-mbufs={mbufs}", "--burst=32", "--rxd=256", "--txd=256"]
         if case.mode == "loop":
             app += ["--forward-mode=5tswap", "--port-topology=loop", f"--txpkts={case.frame}",
@@ -407,11 +483,12 @@ class Generator:
             # flowgen subtracts 4 bytes (an FCS it does not send) from --txpkts.
             app += ["--forward-mode=flowgen", f"--flowgen-flows={case.flows}",
                     f"--txpkts={case.frame + 4}"]
-        mem = 512 if self.nports <= 8 else 1024
         self.tp = Testpmd("generator", f"{SUBJECT_CPU},{GEN_CPU}", SUBJECT_CPU, vdevs, app, run_dir, mem)
 
     def measure(self, st: Settings, cpu_pid: Optional[int] = None) -> dict:
-        self.tp.links_up(self.nports, st.link_timeout)
+        # The generator probes its server ports one after the other, each waiting for its
+        # client; vdfwd's reconnect backoff grows to 5 s, so 32 ports take ~2.5 min to come up.
+        self.tp.links_up(self.nports, max(st.link_timeout, 6.0 * self.nports))
         # A link is up once the backend connected; its queues may be enabled a little later.
         # Packets lost at the start are gone for good in a loop (fewer in flight, lower rate).
         time.sleep(st.settle)
@@ -743,24 +820,26 @@ def filler_match(i: int) -> tuple[str, int]:
     return f"172.{16 + (i >> 16) % 16}.{(i >> 8) & 255}.{i & 255}", 1024 + i % 60000
 
 
-def ovs_ct_flows(pairs: int, rules: int) -> str:
+def ovs_ct_flows(case: Case) -> str:
     """The OpenStack security-group pattern (OVS firewall driver, simplified).
 
     Table 0: anti-spoofing (a port may send only from its MAC and IP), then conntrack in a zone
     per pair. Table 1: established/related traffic passes; new traffic is committed only when an
     egress rule of vNIC A allows it; `rules` counts those rules, the matching one included.
-    Everything else, and anything B starts, is dropped.
+    Everything else, and anything B starts, is dropped. The anti-spoof IPs are the ones the
+    case's generator sends (`Case.ips`).
     """
     out = []
-    for k in range(pairs):
+    for k in range(case.pairs):
         a, b, z = 2 * k + 1, 2 * k + 2, k + 1
-        out.append(f"table=0,priority=100,in_port={a},ip,dl_src={mac_a(k)},nw_src={IP_A},actions=ct(table=1,zone={z})")
-        out.append(f"table=0,priority=100,in_port={b},ip,dl_src={mac_b(k)},nw_src={IP_B},actions=ct(table=1,zone={z})")
+        src_a, src_b = case.ips(k)
+        out.append(f"table=0,priority=100,in_port={a},ip,dl_src={mac_a(k)},nw_src={src_a},actions=ct(table=1,zone={z})")
+        out.append(f"table=0,priority=100,in_port={b},ip,dl_src={mac_b(k)},nw_src={src_b},actions=ct(table=1,zone={z})")
         out.append(f"table=1,priority=100,ct_state=-new+est-rel-inv+trk,in_port={a},actions=output:{b}")
         out.append(f"table=1,priority=100,ct_state=-new+est-rel-inv+trk,in_port={b},actions=output:{a}")
         out.append(f"table=1,priority=50,ct_state=+new-est-rel-inv+trk,in_port={a},udp,tp_dst={UDP_DST},"
                    f"actions=ct(commit,zone={z}),output:{b}")
-        for i in range(rules - 1):
+        for i in range(case.rules - 1):
             ip, port = filler_match(i)
             out.append(f"table=1,priority=50,ct_state=+new-est-rel-inv+trk,in_port={a},tcp,nw_dst={ip},"
                        f"tp_dst={port},actions=ct(commit,zone={z}),output:{b}")
@@ -797,7 +876,7 @@ class OvsSubject(Subject):
         self.d.ensure_ports(sockets)
         self.d.flush_conntrack()
         if self.ct:
-            self.d.set_flows(f"ct:{case.pairs}:{case.rules}", ovs_ct_flows(case.pairs, case.rules))
+            self.d.set_flows(f"ct:{case.pairs}:{case.rules}:{case.gen}", ovs_ct_flows(case))
         else:
             self.d.set_flows(f"plain:{case.pairs}", ovs_plain_flows(case.pairs))
 
@@ -886,10 +965,10 @@ def vdfwd_config(sockets: list[Path], state_dir: Path, policy_dir: Path,
     out = [f'state_dir = "{state_dir}"', f'policy_dir = "{policy_dir}"',
            f"conntrack_max_per_vnic = {VDFWD_CONNTRACK_MAX}", *(extra or []), ""]
     for i, s in enumerate(sockets):
+        # vdfwd requires a unique IP per vNIC: pair k's are those pairgen sends (testpmd sends
+        # pair 0's on every port, so pairs k > 0 are not run with it; VdfwdSubject.skip).
         k, side = i // 2, "ab"[i % 2]
-        ip = IP_A if side == "a" else IP_B
-        if k > 0:  # vdfwd requires unique IPs; the generator sends pair 0's addresses only
-            ip = f"10.{252 - (side == 'b')}.{k}.{1}"
+        ip = ip_a(k) if side == "a" else ip_b(k)
         out += ["[[vnic]]", f'name = "bench-{side}{k}"', f'socket = "{s}"', 'role = "connect"',
                 f'vm = "bench-{side}{k}"', f'namespace = "{NS}"',
                 f'mac = "{mac_a(k) if side == "a" else mac_b(k)}"', f'ips = ["{ip}"]',
@@ -942,9 +1021,9 @@ class VdfwdSubject(Subject):
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def skip(self, case: Case) -> Optional[str]:
-        if case.pairs > 1:
+        if case.pairs > 1 and case.gen == "testpmd":
             return ("one testpmd generator sends the same IPs on every port (--tx-ip is global) and "
-                    "vdfwd's spoof guard binds unique IPs per vNIC")
+                    "vdfwd's spoof guard binds unique IPs per vNIC (use --vnic-gen pairgen)")
         return None
 
     def start_vdfwd(self, binary: Path, config_text: str, policies: dict[str, str]) -> Proc:
@@ -989,7 +1068,8 @@ class VdfwdSubject(Subject):
 def copy_logs(src: Path, dst: Path) -> None:
     """Copies the regular files of the run dir (logs, generated configs) next to the results."""
     for p in src.rglob("*"):
-        if p.is_file() and not p.is_symlink() and p.name != "conf.db" and "huge" not in p.parts:
+        if (p.is_file() and not p.is_symlink() and p.name not in ("conf.db", "pairgen")
+                and "huge" not in p.parts):
             t = dst / p.relative_to(src)
             t.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -1017,8 +1097,27 @@ def cases_for(args: argparse.Namespace) -> list[Case]:
     cs.append(Case("newconn", "flowgen", flows=FLOWGEN_MAX))
     cs += [Case("rules", "loop", rules=r) for r in args.rules]
     cs += [Case("flows", "flowgen", flows=n) for n in args.flows]
-    cs += [Case("vnics", "loop", pairs=v // 2) for v in args.vnics if v >= 2]
+    cs += [Case("vnics", "loop", pairs=v // 2, gen=args.vnic_gen) for v in args.vnics if v >= 2]
     return cs
+
+
+LOCK = Path("/tmp/vdfw-bench.lock")
+
+
+def one_run_at_a_time() -> None:
+    """Waits until no other bench.py (with this lock) runs: two runs would share both cores and
+    measure each other. Held until this process exits."""
+    f = open(LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        log(f"another bench run holds {LOCK} ({f.read().strip() or '?'}); waiting for it")
+        fcntl.flock(f, fcntl.LOCK_EX)
+    f.truncate(0)
+    f.write(f"pid {os.getpid()}, started {time.strftime('%H:%M:%S')}\n")
+    f.flush()
+    globals()["_lock_file"] = f  # keep it open (and locked) until exit
 
 
 def machine() -> dict:
@@ -1265,6 +1364,10 @@ def main() -> int:
     ap.add_argument("--rules", type=parse_list, default=[10, 100, 1000, 10000, 100000])
     ap.add_argument("--flows", type=parse_list, default=[1, 100, 10000, 100000, 1000000])
     ap.add_argument("--vnics", type=parse_list, default=[2, 4, 8, 16, 32])
+    ap.add_argument("--vnic-gen", choices=["pairgen", "testpmd"], default="pairgen",
+                    help="generator of the vnics figure, the same for every subject: pairgen (pair k "
+                         "sends its own IPs; default) or testpmd (every pair sends pair 0's IPs: "
+                         "vdfwd cannot run it)")
     ap.add_argument("--only", help="comma list of figures to run (established,newconn,rules,flows,vnics)")
     ap.add_argument("--min-smoke-mpps", type=float, default=0.01,
                     help="smoke: the allowing policy must deliver at least this rate")
@@ -1280,12 +1383,14 @@ def main() -> int:
             return 1
         return 0
 
+    one_run_at_a_time()  # before the deadline starts and anything is set up
     st = Settings(warmup=args.warmup or (1.0 if args.smoke else 1.5), window=args.window or (2.0 if args.smoke else 4.0))
     out_dir = args.out or HERE / "results" / dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
     out_dir.mkdir(parents=True, exist_ok=True)
     # Short path: vhost-user socket paths must fit in sun_path (108 bytes).
     run_dir = Path(tempfile.mkdtemp(prefix="vdfwb-", dir="/tmp"))
     CLEANUP.push("run dir", lambda: shutil.rmtree(run_dir, ignore_errors=True))
+    PAIRGEN.out_dir = run_dir
     keep_logs = out_dir / "logs"
 
     def on_signal(signum, _frame):
@@ -1361,7 +1466,7 @@ def main() -> int:
                 subj = all_subjects[sname]
                 row = {"subject": sname, "case": c.key, "_case": c}
                 rows.append(row)
-                why = subj.skip(c)
+                why = subj.skip(c) or (PAIRGEN.unavailable() if c.gen == "pairgen" else None)
                 if c.figure.startswith("smoke") and sname == "ceiling" and c.deny:
                     why = "the ceiling has no policy"
                 if why:

@@ -4,10 +4,11 @@
 #
 #   dpdk-testpmd (dpdk-dev) + the virtio-user / vhost PMDs: generator and ceiling subject
 #   openvswitch-switch-dpdk: the OVS-DPDK subject (ovs-vswitchd-dpdk, ovsdb-server, ovs-vsctl)
+#   gcc, pkg-config, libdpdk-dev: pairgen.c (the vNIC sweep's generator), compiled by bench.py
 #   python3-matplotlib: the PNG of the scaling curves (optional: bench.py skips the plot without it)
 set -euo pipefail
 
-pkgs=(dpdk-dev librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
+pkgs=(dpdk-dev libdpdk-dev gcc pkg-config librte-net-vhost23 librte-net-virtio23 librte-mempool-ring23
       openvswitch-switch-dpdk python3-matplotlib)
 missing=()
 for p in "${pkgs[@]}"; do
