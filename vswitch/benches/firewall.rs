@@ -11,8 +11,9 @@
 //!   0.0.0.0/0; B isolated, admits UDP 1001 from A): conntrack miss, egress decision and
 //!   insert in A's zone, ingress decision and insert in B's, per-rule counters, flow-log
 //!   records rate-limited. The tables are sized as vdfwd sizes them (2M entries, 64k up
-//!   front) and fake time advances so that expiry keeps them at a steady ~100k entries,
-//!   with `end_batch` (the expiry sweep) every 32 frames as the vhost-user worker does,
+//!   front); fake time advances at 500k frames/s and a shortened UDP timer keeps them at a
+//!   steady ~100k entries, with `end_batch` (the expiry sweep) every 32 frames as the
+//!   vhost-user worker does.
 //!
 //! and one policy decision alone (`PolicySnapshot::decide`, ingress at the receiver).
 
@@ -244,10 +245,18 @@ fn new_flow_allowed(c: &mut Criterion) {
         .unwrap();
     // As vdfwd sizes the tables for the harness (`conntrack_max_per_vnic = 2097152`).
     let max = 2_097_152;
+    // Fake time runs at the target rate, 500k new connections/s (2 us per frame), so that
+    // the flow-log rate limiter (records per second) lets through as few records as it would
+    // there. UDP's first-packet timer is shortened from 60 s to 200 ms so that expiry keeps
+    // ~100k connections live in each zone instead of filling the table.
+    const STEP: u64 = 2_000;
+    let mut timeouts = dfw::conntrack::Timeouts::default();
+    timeouts.udp_first = Duration::from_millis(200);
     let ct = CtConfig {
         max_entries: max,
         max_entries_per_zone: max,
         initial_capacity: max.min(1 << 16),
+        timeouts,
         ..CtConfig::default()
     };
     let log = FlowLog::start(None, 0).unwrap();
@@ -267,9 +276,6 @@ fn new_flow_allowed(c: &mut Criterion) {
     assert_eq!(frame.len(), 60);
     let mut s = Scratch::new();
     let h = VirtioNetHdr::default();
-    // UDP's first-packet timer is 60 s: 600 us of fake time per frame keeps ~100k
-    // connections live in each zone once the first minute has passed.
-    const STEP: u64 = 600_000;
     const BATCH: u64 = 32;
     let mut k: u64 = 0;
     let mut now: u64 = 1;
