@@ -354,9 +354,12 @@ fn new_connection(c: &mut Criterion) {
             src_port: 1000,
             dst_port: 1001,
         };
-        let v = ct.process(Zone(1), black_box(&PacketMeta::datagram(t, 46)), *now, |_| {
-            Decision::Allow { mark: 1 }
-        });
+        let v = ct.process(
+            Zone(1),
+            black_box(&PacketMeta::datagram(t, 46)),
+            *now,
+            |_| Decision::Allow { mark: 1 },
+        );
         if *next % 32 == 0 {
             ct.expire(*now, 128);
         }

@@ -1,13 +1,20 @@
-//! Storage: a slab of entries plus one hash index holding both direction keys.
+//! Storage: a slab of entries plus one hash index with one key per connection.
 //!
-//! Each connection is stored once, in `slots`. The [`Index`] holds `slot << 1 | direction`
-//! values with 16-bit signatures; the key itself is read from the slab when probing. Keeping
-//! keys out of the index makes it ~32 bytes per connection instead of 2 x 48 for a
-//! `HashMap<(zone, tuple), slot>` holding both directions, and the signatures keep slab reads
-//! for non-matching keys rare.
+//! Each connection is stored once, in `slots`, and indexed once: the index key is the
+//! connection's *unordered* pair of endpoints (`{(src, sport), (dst, dport)}` plus zone and
+//! protocol), so a packet in either direction hashes to the same index value, and which
+//! direction it travels follows from comparing it with the entry's original tuple. Compared
+//! with one index key per direction, a new connection writes one index bucket instead of two
+//! (and the first is the bucket its lookup just loaded), and removing one touches one: on a
+//! table bigger than the caches, each of those buckets is a cache miss.
+//!
+//! The [`Index`] holds slot numbers with 16-bit signatures; the key itself is read from the
+//! slab when probing, which keeps the index at ~16 bytes per connection.
 //!
 //! Keys are guest controlled, so the hasher is seeded per table at random (foldhash): a guest
-//! cannot precompute 5-tuples that collide in the index.
+//! cannot precompute 5-tuples that collide in the index. The endpoints are ordered before
+//! hashing (not combined symmetrically, e.g. by XOR, which would let a guest pick colliding
+//! port pairs whatever the seed).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -38,37 +45,34 @@ pub(crate) struct Table {
     cursor: usize,
 }
 
+/// Hash of the connection `t` belongs to in `zone`: the same for `t` and `t.reversed()`.
 #[inline]
 fn hash_key(hasher: &SeedableRandomState, zone: u32, t: &FiveTuple) -> u64 {
     let mut h = hasher.build_hasher();
-    let family = |a: IpAddr| u64::from(a.is_ipv6());
-    h.write_u64(u64::from(zone) << 32 | u64::from(t.src_port) << 16 | u64::from(t.dst_port));
+    let proto = u64::from(t.protocol.number());
     match (t.src, t.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            h.write_u64(u64::from(s.to_bits()) << 32 | u64::from(d.to_bits()));
+            let a = u64::from(s.to_bits()) << 16 | u64::from(t.src_port);
+            let b = u64::from(d.to_bits()) << 16 | u64::from(t.dst_port);
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            h.write_u64(lo);
+            h.write_u64(hi);
+            h.write_u64(u64::from(zone) << 32 | proto);
         }
         (s, d) => {
-            h.write_u128(addr_bits(s));
-            h.write_u128(addr_bits(d));
+            // Family in the port word: an IPv4 address and its zero-extended IPv6 twin differ.
+            let end = |a: IpAddr, port: u16| {
+                (addr_bits(a), u32::from(a.is_ipv6()) << 16 | u32::from(port))
+            };
+            let (a, b) = (end(s, t.src_port), end(d, t.dst_port));
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            h.write_u128(lo.0);
+            h.write_u128(hi.0);
+            h.write_u64(u64::from(lo.1) << 32 | u64::from(hi.1));
+            h.write_u64(u64::from(zone) << 32 | 1 << 16 | proto);
         }
     }
-    h.write_u16(
-        u16::from(t.protocol.number()) | (family(t.src) << 8) as u16 | (family(t.dst) << 9) as u16,
-    );
     h.finish()
-}
-
-/// Hash of the key an index value stands for (used by the index when it resizes).
-#[inline]
-fn hash_of_value(hasher: &SeedableRandomState, slots: &[Option<Entry>], v: u32) -> u64 {
-    match slots.get((v >> 1) as usize) {
-        Some(Some(e)) => match Direction::from_bit(v) {
-            Direction::Original => hash_key(hasher, e.zone, &e.orig),
-            Direction::Reply => hash_key(hasher, e.zone, &e.orig.reversed()),
-        },
-        // Unreachable while the table is consistent; any value keeps hashbrown sound.
-        _ => 0,
-    }
 }
 
 impl Table {
@@ -81,7 +85,7 @@ impl Table {
         Self {
             slots: Vec::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
-            index: Index::with_capacity(capacity * 2),
+            index: Index::with_capacity(capacity),
             hasher,
             zones: HashMap::default(),
             len: 0,
@@ -132,19 +136,25 @@ impl Table {
         hash: u64,
     ) -> Option<(u32, Direction)> {
         let slots = &self.slots;
-        self.index
-            .find(hash, |v| match slots.get((v >> 1) as usize) {
-                Some(Some(e)) => e.matches(zone, t, Direction::from_bit(v)),
-                _ => false,
-            })
-            .map(|v| (v >> 1, Direction::from_bit(v)))
+        let mut dir = Direction::Original;
+        let slot = self.index.find(hash, |v| match slots.get(v as usize) {
+            Some(Some(e)) => match e.direction_of(zone, t) {
+                Some(d) => {
+                    dir = d;
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        })?;
+        Some((slot, dir))
     }
 
     /// Stage 1 of a burst lookup: load the key's index bucket and return the slot it most
     /// likely points to.
     #[inline]
     pub(crate) fn touch_bucket(&self, hash: u64) -> Option<u32> {
-        self.index.touch(hash).map(|v| v >> 1)
+        self.index.touch(hash)
     }
 
     /// Stage 2 of a burst lookup: load the lines of a slab entry. Returns a value derived from
@@ -183,13 +193,19 @@ impl Table {
                 (self.slots.len() - 1) as u32
             }
         };
-        let h_orig = hash_key(&self.hasher, entry.zone, &entry.orig);
-        let h_reply = hash_key(&self.hasher, entry.zone, &entry.orig.reversed());
-        let (hasher, slots) = (&self.hasher, &self.slots);
+        if self.index.needs_grow() {
+            // Rebuilt from the slab in slot order: the entries are read sequentially, where
+            // rehashing bucket by bucket would read them in random order, a miss each.
+            let hasher = &self.hasher;
+            let live = self.slots.iter().enumerate().filter_map(|(i, e)| {
+                e.as_ref()
+                    .filter(|_| i as u32 != slot)
+                    .map(|e| (hash_key(hasher, e.zone, &e.orig), i as u32))
+            });
+            self.index.grow(live);
+        }
         self.index
-            .insert(h_orig, slot << 1, |v| hash_of_value(hasher, slots, v));
-        self.index
-            .insert(h_reply, slot << 1 | 1, |v| hash_of_value(hasher, slots, v));
+            .insert(hash_key(&self.hasher, entry.zone, &entry.orig), slot);
         self.len += 1;
         self.zones.entry(entry.zone).or_default().count += 1;
         slot
@@ -198,10 +214,8 @@ impl Table {
     /// Remove the entry in `slot` and both its index keys.
     pub(crate) fn remove(&mut self, slot: u32) -> Option<Entry> {
         let entry = self.slots.get_mut(slot as usize)?.take()?;
-        for (dir, tuple) in [(0u32, entry.orig), (1u32, entry.orig.reversed())] {
-            let hash = hash_key(&self.hasher, entry.zone, &tuple);
-            self.index.remove(hash, slot << 1 | dir);
-        }
+        self.index
+            .remove(hash_key(&self.hasher, entry.zone, &entry.orig), slot);
         self.free.push(slot);
         self.len -= 1;
         if let Some(z) = self.zones.get_mut(&entry.zone) {
@@ -263,7 +277,7 @@ impl Table {
         if live != self.len as usize {
             return Err(format!("len {} but {live} live slots", self.len));
         }
-        if self.index.len() != 2 * live {
+        if self.index.len() != live {
             return Err(format!(
                 "index has {} keys for {live} entries",
                 self.index.len()
@@ -297,10 +311,12 @@ impl Table {
                 }
             }
         }
-        self.index
-            .check(|v| hash_of_value(&self.hasher, &self.slots, v))?;
+        self.index.check(|v| match self.get(v) {
+            Some(e) => hash_key(&self.hasher, e.zone, &e.orig),
+            None => 0,
+        })?;
         for v in self.index.values() {
-            if self.get(v >> 1).is_none() {
+            if self.get(v).is_none() {
                 return Err(format!("index value {v} points to a free slot"));
             }
         }
