@@ -332,8 +332,10 @@ fn new_connection(c: &mut Criterion) {
     // packets/s and the UDP first-packet timer is 200 ms, so ~100k entries stay live; the
     // expiry budget is the vhost-user worker's (128 slots per 32-packet batch).
     let max = 2_097_152;
-    let mut timeouts = dfw::conntrack::Timeouts::default();
-    timeouts.udp_first = std::time::Duration::from_millis(200);
+    let timeouts = dfw::conntrack::Timeouts {
+        udp_first: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
     let mut ct = ConnTrack::new(CtConfig {
         max_entries: max,
         max_entries_per_zone: max,
@@ -360,7 +362,7 @@ fn new_connection(c: &mut Criterion) {
             *now,
             |_| Decision::Allow { mark: 1 },
         );
-        if *next % 32 == 0 {
+        if next.is_multiple_of(32) {
             ct.expire(*now, 128);
         }
         v

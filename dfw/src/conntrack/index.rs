@@ -58,6 +58,28 @@ impl Bucket {
     }
 }
 
+/// A hint to the CPU to start loading the cache lines of `r`: unlike a load, it does not hold
+/// up the instructions after it (nor a locked instruction, e.g. a mutex release, which waits
+/// for earlier loads), so several misses overlap. A no-op where there is no such instruction.
+#[inline(always)]
+pub(crate) fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = (r as *const T).cast::<i8>();
+        let mut off = 0;
+        while off < std::mem::size_of::<T>().max(1) {
+            // SAFETY: `_mm_prefetch` is `unsafe` only because it is a `target_feature(sse)`
+            // intrinsic; SSE is part of the x86_64 baseline. A prefetch has no architectural
+            // effect (it never faults and writes nothing), and the address is inside `*r`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
+}
+
 #[inline]
 fn sig_of(hash: u64) -> u16 {
     // High bits for the signature, low bits pick the bucket: independent parts of the hash.
@@ -135,6 +157,14 @@ impl Index {
             None
         } else {
             Some(bucket.val[m.trailing_zeros() as usize])
+        }
+    }
+
+    /// Start bringing the home bucket of `hash` into the cache, without waiting for it.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        if let Some(b) = self.buckets.get(self.home(hash)) {
+            prefetch(b);
         }
     }
 

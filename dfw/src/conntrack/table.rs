@@ -24,7 +24,7 @@ use foldhash::fast::{RandomState, SeedableRandomState};
 use foldhash::SharedSeed;
 
 use super::entry::{addr_bits, Direction, Entry};
-use super::index::Index;
+use super::index::{prefetch, Index};
 use crate::flow::FiveTuple;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -44,6 +44,12 @@ pub(crate) struct Table {
     /// Clock hand of the incremental expiry sweep.
     cursor: usize,
 }
+
+/// Expired entries [`Table::sweep`] collects before removing them.
+const SWEEP_GROUP: usize = 16;
+/// How many slots ahead of the sweep hand the slab is prefetched: a few short sweeps per
+/// batch are too short for the hardware prefetcher to pick up the stream.
+const SWEEP_AHEAD: usize = 4;
 
 /// Hash of the connection `t` belongs to in `zone`: the same for `t` and `t.reversed()`.
 #[inline]
@@ -150,6 +156,12 @@ impl Table {
         Some((slot, dir))
     }
 
+    /// Start loading the index bucket of a key with `hash` (see [`super::ConnTrack::prefetch`]).
+    #[inline]
+    pub(crate) fn prefetch_bucket(&self, hash: u64) {
+        self.index.prefetch(hash);
+    }
+
     /// Stage 1 of a burst lookup: load the key's index bucket and return the slot it most
     /// likely points to.
     #[inline]
@@ -213,9 +225,15 @@ impl Table {
 
     /// Remove the entry in `slot` and both its index keys.
     pub(crate) fn remove(&mut self, slot: u32) -> Option<Entry> {
+        let e = self.get(slot)?;
+        let hash = hash_key(&self.hasher, e.zone, &e.orig);
+        self.remove_hashed(slot, hash)
+    }
+
+    /// [`Self::remove`] with the hash of the entry's key already computed.
+    fn remove_hashed(&mut self, slot: u32, hash: u64) -> Option<Entry> {
         let entry = self.slots.get_mut(slot as usize)?.take()?;
-        self.index
-            .remove(hash_key(&self.hasher, entry.zone, &entry.orig), slot);
+        self.index.remove(hash, slot);
         self.free.push(slot);
         self.len -= 1;
         if let Some(z) = self.zones.get_mut(&entry.zone) {
@@ -228,18 +246,39 @@ impl Table {
     }
 
     /// Advance the sweep hand over at most `budget` slots, removing expired entries.
+    ///
+    /// In two stages per group of [`SWEEP_GROUP`] expired entries: find them (reading the slab
+    /// in order) and prefetch their index buckets, then remove them. The buckets are at random
+    /// places, each a cache miss on a big table; loaded one after the other by `remove`, their
+    /// misses would be paid in series.
     pub(crate) fn sweep(&mut self, now: u64, budget: usize) -> usize {
         let n = self.slots.len();
+        let mut left = budget.min(n);
         let mut removed = 0;
-        for _ in 0..budget.min(n) {
-            if self.cursor >= n {
-                self.cursor = 0;
+        while left > 0 {
+            let mut group = [(0u32, 0u64); SWEEP_GROUP];
+            let mut found = 0;
+            while left > 0 && found < SWEEP_GROUP {
+                left -= 1;
+                if self.cursor >= n {
+                    self.cursor = 0;
+                }
+                let slot = self.cursor as u32;
+                self.cursor += 1;
+                if let Some(ahead) = self.slots.get(self.cursor + SWEEP_AHEAD) {
+                    prefetch(ahead);
+                }
+                if let Some(e) = self.get(slot).filter(|e| e.is_expired(now)) {
+                    let hash = hash_key(&self.hasher, e.zone, &e.orig);
+                    self.index.prefetch(hash);
+                    group[found] = (slot, hash);
+                    found += 1;
+                }
             }
-            let slot = self.cursor as u32;
-            self.cursor += 1;
-            if self.get(slot).is_some_and(|e| e.is_expired(now)) {
-                self.remove(slot);
-                removed += 1;
+            for &(slot, hash) in &group[..found] {
+                if self.remove_hashed(slot, hash).is_some() {
+                    removed += 1;
+                }
             }
         }
         removed
@@ -334,5 +373,82 @@ impl Table {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::entry::{ProtoState, UdpState};
+    use crate::flow::IpProtocol;
+
+    fn t(src: &str, sp: u16, dst: &str, dp: u16, protocol: IpProtocol) -> FiveTuple {
+        FiveTuple {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol,
+            src_port: sp,
+            dst_port: dp,
+        }
+    }
+
+    #[test]
+    fn both_directions_share_one_key_and_other_fields_still_count() {
+        let h = SeedableRandomState::with_seed(7, SharedSeed::global_fixed());
+        let v4 = t("10.0.0.1", 40000, "10.0.0.2", 80, IpProtocol::Tcp);
+        let v6 = t("fd00::1", 40000, "fd00::2", 80, IpProtocol::Udp);
+        for x in [v4, v6] {
+            assert_eq!(hash_key(&h, 1, &x), hash_key(&h, 1, &x.reversed()));
+            assert_ne!(hash_key(&h, 1, &x), hash_key(&h, 2, &x), "zone");
+            let swapped_ports = FiveTuple {
+                src_port: x.dst_port,
+                dst_port: x.src_port,
+                ..x
+            };
+            assert_ne!(hash_key(&h, 1, &x), hash_key(&h, 1, &swapped_ports));
+        }
+        let udp = FiveTuple {
+            protocol: IpProtocol::Udp,
+            ..v4
+        };
+        assert_ne!(hash_key(&h, 1, &v4), hash_key(&h, 1, &udp), "protocol");
+        // An IPv4 pair and the same numbers zero-extended to IPv6 are different keys.
+        let widened = t("::a00:1", 40000, "::a00:2", 80, IpProtocol::Tcp);
+        assert_ne!(hash_key(&h, 1, &v4), hash_key(&h, 1, &widened));
+    }
+
+    #[test]
+    fn a_reply_finds_its_entry_as_reply_and_growth_keeps_every_entry() {
+        let mut table = Table::new(1, Some(3));
+        let tuple = |i: u32| FiveTuple {
+            src: IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
+            dst: IpAddr::from([10, 1, 0, 1]),
+            protocol: IpProtocol::Udp,
+            src_port: 1000,
+            dst_port: 53,
+        };
+        for i in 0..5000 {
+            let orig = tuple(i);
+            table.insert(Entry {
+                orig,
+                zone: 1,
+                proto: ProtoState::Datagram(UdpState::First),
+                expires: 10,
+                mark: u64::from(i),
+                packets: [1, 0],
+                bytes: [0; 2],
+            });
+        }
+        table.check_consistency().unwrap();
+        for i in 0..5000 {
+            let (slot, dir) = table.find(1, &tuple(i).reversed()).unwrap();
+            assert_eq!(dir, Direction::Reply);
+            assert_eq!(table.get(slot).unwrap().mark, u64::from(i));
+            assert_eq!(table.find(1, &tuple(i)), Some((slot, Direction::Original)));
+            assert_eq!(table.find(2, &tuple(i)), None);
+        }
+        assert_eq!(table.sweep(10, 10_000), 5000);
+        assert_eq!(table.len(), 0);
+        table.check_consistency().unwrap();
     }
 }
