@@ -117,7 +117,12 @@ struct Net {
 
 /// vNICs a (MAC ...:01, 10.0.0.1) and b (...:02, 10.0.0.2).
 fn net(filter: Arc<dyn PacketFilter>, fw: Option<&Firewall>, engine: &mut Engine) -> Net {
-    net_of(filter, fw, engine, [(1, "a", [10, 0, 0, 1]), (2, "b", [10, 0, 0, 2])])
+    net_of(
+        filter,
+        fw,
+        engine,
+        [(1, "a", [10, 0, 0, 1]), (2, "b", [10, 0, 0, 2])],
+    )
 }
 
 /// Two vNICs, each (last MAC byte, app label, address).
@@ -250,8 +255,10 @@ fn new_flow_allowed(c: &mut Criterion) {
     // there. UDP's first-packet timer is shortened from 60 s to 200 ms so that expiry keeps
     // ~100k connections live in each zone instead of filling the table.
     const STEP: u64 = 2_000;
-    let mut timeouts = dfw::conntrack::Timeouts::default();
-    timeouts.udp_first = Duration::from_millis(200);
+    let timeouts = dfw::conntrack::Timeouts {
+        udp_first: Duration::from_millis(200),
+        ..Default::default()
+    };
     let ct = CtConfig {
         max_entries: max,
         max_entries_per_zone: max,
@@ -286,7 +293,7 @@ fn new_flow_allowed(c: &mut Criterion) {
         let dst = dst0.wrapping_add(*k as u32);
         frame[IPV4_DST..IPV4_DST + 4].copy_from_slice(&dst.to_be_bytes());
         let d = n.p.from_vnic(&n.a, &h, &frame, *now, &mut s);
-        if *k % BATCH == 0 {
+        if k.is_multiple_of(BATCH) {
             // A's worker ends its batch; B's (whose guest sends too in the harness) as often.
             n.p.end_batch(PortRef::Vnic(n.a.id), *now);
             n.p.end_batch(PortRef::Vnic(n.b.id), *now);
@@ -302,9 +309,7 @@ fn new_flow_allowed(c: &mut Criterion) {
     }
     let mut g = c.benchmark_group("firewall_vm_to_vm_64B");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("new_flow_allowed", |b| {
-        b.iter(|| send(&mut k, &mut now))
-    });
+    g.bench_function("new_flow_allowed", |b| b.iter(|| send(&mut k, &mut now)));
     g.finish();
     let st = fw.status();
     println!(
@@ -314,7 +319,10 @@ fn new_flow_allowed(c: &mut Criterion) {
         st[0].counters.allowed_egress,
         st[1].counters.allowed_ingress,
     );
-    assert_eq!(st[0].counters.allowed_egress, k, "every frame a new connection");
+    assert_eq!(
+        st[0].counters.allowed_egress, k,
+        "every frame a new connection"
+    );
     drop(log);
 }
 
