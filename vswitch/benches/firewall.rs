@@ -5,6 +5,15 @@
 //!   lookup: the common case),
 //! * a new flow the receiver's policy denies (conntrack miss, egress + ingress decisions,
 //!   flow-log record rate-limited, i.e. suppressed after the first few),
+//! * a new flow both sides allow (`new_flow_allowed`): what the packet-rate harness's
+//!   `newconn` case sends (testpmd flowgen, UDP 10.254.0.0:1000 -> 10.253.0.0+n:1001, every
+//!   destination new) under its policy (A isolated, may open UDP 1001 to B by label or
+//!   0.0.0.0/0; B isolated, admits UDP 1001 from A): conntrack miss, egress decision and
+//!   insert in A's zone, ingress decision and insert in B's, per-rule counters, flow-log
+//!   records rate-limited. The tables are sized as vdfwd sizes them (2M entries, 64k up
+//!   front); fake time advances at 500k frames/s and a shortened UDP timer keeps them at a
+//!   steady ~100k entries, with `end_batch` (the expiry sweep) every 32 frames as the
+//!   vhost-user worker does.
 //!
 //! and one policy decision alone (`PolicySnapshot::decide`, ingress at the receiver).
 
@@ -25,7 +34,7 @@ use vswitch::flowlog::FlowLog;
 use vswitch::mac::MacAddr;
 use vswitch::net_hdr::VirtioNetHdr;
 use vswitch::pipeline::{Disposition, Pipeline, Scratch};
-use vswitch::port::{VnicIdentity, VnicPort};
+use vswitch::port::{PortRef, VnicIdentity, VnicPort};
 
 const POLICY: &str = r#"
 apiVersion: networking.k8s.io/v1
@@ -39,13 +48,48 @@ spec:
       ports: [{protocol: TCP, port: 80}]
 "#;
 
+/// The harness's `newconn` policy (integration/bench/bench.py `vdfwd_policies`, one rule).
+const NEWCONN_POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bench-a-egress-0, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: c}}
+  policyTypes: [Ingress, Egress]
+  ingress: []
+  egress:
+    - to:
+        - podSelector: {matchLabels: {app: d}}
+        - ipBlock: {cidr: 0.0.0.0/0}
+      ports: [{protocol: UDP, port: 1001}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bench-b, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: d}}
+  policyTypes: [Ingress, Egress]
+  egress: []
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: c}}}]
+      ports: [{protocol: UDP, port: 1001}]
+"#;
+
+/// Addresses of the `newconn` pair (flowgen's).
+const IP_C: [u8; 4] = [10, 254, 0, 0];
+const IP_D: [u8; 4] = [10, 253, 0, 0];
+
 fn endpoint(n: u8, app: &str) -> Endpoint {
+    endpoint_at(app, [10, 0, 0, n])
+}
+
+fn endpoint_at(app: &str, ip: [u8; 4]) -> Endpoint {
     Endpoint {
         name: app.into(),
         namespace: "shop".into(),
         kind: EndpointKind::Vm,
         labels: [("app".to_string(), app.to_string())].into(),
-        ips: vec![IpAddr::from([10, 0, 0, n])],
+        ips: vec![IpAddr::from(ip)],
         mac: None,
         named_ports: Default::default(),
     }
@@ -71,11 +115,27 @@ struct Net {
     b: Arc<VnicPort>,
 }
 
+/// vNICs a (MAC ...:01, 10.0.0.1) and b (...:02, 10.0.0.2).
 fn net(filter: Arc<dyn PacketFilter>, fw: Option<&Firewall>, engine: &mut Engine) -> Net {
+    net_of(
+        filter,
+        fw,
+        engine,
+        [(1, "a", [10, 0, 0, 1]), (2, "b", [10, 0, 0, 2])],
+    )
+}
+
+/// Two vNICs, each (last MAC byte, app label, address).
+fn net_of(
+    filter: Arc<dyn PacketFilter>,
+    fw: Option<&Firewall>,
+    engine: &mut Engine,
+    pair: [(u8, &str, [u8; 4]); 2],
+) -> Net {
     let p = Pipeline::new(filter);
-    let port = |n: u8, app: &str| {
+    let port = |(n, app, ip): (u8, &str, [u8; 4])| {
         let id = p.alloc_port_id();
-        let e = endpoint(n, app);
+        let e = endpoint_at(app, ip);
         if let Some(fw) = fw {
             fw.bind_vnic(id, app, e.key()).unwrap();
         }
@@ -94,8 +154,8 @@ fn net(filter: Arc<dyn PacketFilter>, fw: Option<&Firewall>, engine: &mut Engine
         p.add_vnic(port.clone()).unwrap();
         port
     };
-    let a = port(1, "a");
-    let b = port(2, "b");
+    let a = port(pair[0]);
+    let b = port(pair[1]);
     if let Some(fw) = fw {
         fw.install(engine.snapshot());
     }
@@ -155,6 +215,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| with_fw.p.from_vnic(&with_fw.a, &h, &denied, 2, &mut s))
     });
     g.finish();
+    new_flow_allowed(c);
 
     let snap = engine.snapshot();
     let hb = snap.endpoint(&endpoint(2, "b").key()).unwrap().handle();
@@ -168,6 +229,100 @@ fn benches(c: &mut Criterion) {
         b.iter(|| snap.decide(hb, Direction::Ingress, std::hint::black_box(&q)))
     });
     assert!(with_fw.b.inbox.is_empty() && without.b.inbox.is_empty());
+    drop(log);
+}
+
+/// Offset of the IPv4 destination address in an untagged Ethernet frame.
+const IPV4_DST: usize = 14 + 16;
+
+/// The harness's `newconn` case (see the module doc): every frame a new UDP connection that
+/// both vNICs' policies allow.
+fn new_flow_allowed(c: &mut Criterion) {
+    let mut engine = Engine::new(EngineConfig::default());
+    engine.upsert_endpoint(endpoint_at("c", IP_C)).unwrap();
+    engine.upsert_endpoint(endpoint_at("d", IP_D)).unwrap();
+    engine
+        .apply(
+            dfw::crd::parse_documents(NEWCONN_POLICY, "newconn.yaml")
+                .unwrap()
+                .objects,
+        )
+        .unwrap();
+    // As vdfwd sizes the tables for the harness (`conntrack_max_per_vnic = 2097152`).
+    let max = 2_097_152;
+    // Fake time runs at the target rate, 500k new connections/s (2 us per frame), so that
+    // the flow-log rate limiter (records per second) lets through as few records as it would
+    // there. UDP's first-packet timer is shortened from 60 s to 200 ms so that expiry keeps
+    // ~100k connections live in each zone instead of filling the table.
+    const STEP: u64 = 2_000;
+    let timeouts = dfw::conntrack::Timeouts {
+        udp_first: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let ct = CtConfig {
+        max_entries: max,
+        max_entries_per_zone: max,
+        initial_capacity: max.min(1 << 16),
+        timeouts,
+        ..CtConfig::default()
+    };
+    let log = FlowLog::start(None, 0).unwrap();
+    let fw = Arc::new(Firewall::new(ct, Some(log.sink())).unwrap());
+    let n = net_of(
+        fw.clone(),
+        Some(&fw),
+        &mut engine,
+        [(3, "c", IP_C), (4, "d", IP_D)],
+    );
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([0x52, 0x54, 0, 0, 0, 3], [0x52, 0x54, 0, 0, 0, 4])
+        .ipv4(IP_C, IP_D, 64)
+        .udp(1000, 1001)
+        .write(&mut frame, &[0u8; 18])
+        .unwrap();
+    assert_eq!(frame.len(), 60);
+    let mut s = Scratch::new();
+    let h = VirtioNetHdr::default();
+    const BATCH: u64 = 32;
+    let mut k: u64 = 0;
+    let mut now: u64 = 1;
+    let dst0 = u32::from_be_bytes(IP_D);
+    let mut send = |k: &mut u64, now: &mut u64| {
+        *k += 1;
+        *now += STEP;
+        let dst = dst0.wrapping_add(*k as u32);
+        frame[IPV4_DST..IPV4_DST + 4].copy_from_slice(&dst.to_be_bytes());
+        let d = n.p.from_vnic(&n.a, &h, &frame, *now, &mut s);
+        if k.is_multiple_of(BATCH) {
+            // A's worker ends its batch; B's (whose guest sends too in the harness) as often.
+            n.p.end_batch(PortRef::Vnic(n.a.id), *now);
+            n.p.end_batch(PortRef::Vnic(n.b.id), *now);
+        }
+        d
+    };
+    // Past the first timeout, so that the sweep is removing as many as are added.
+    for _ in 0..150_000 {
+        assert_eq!(
+            send(&mut k, &mut now),
+            Disposition::Dropped(vswitch::counters::DropReason::PortDown)
+        );
+    }
+    let mut g = c.benchmark_group("firewall_vm_to_vm_64B");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("new_flow_allowed", |b| b.iter(|| send(&mut k, &mut now)));
+    g.finish();
+    let st = fw.status();
+    println!(
+        "new_flow_allowed: {} frames; connections live: {:?}; allowed egress/ingress {}/{}",
+        k,
+        st.iter().map(|v| v.connections).collect::<Vec<_>>(),
+        st[0].counters.allowed_egress,
+        st[1].counters.allowed_ingress,
+    );
+    assert_eq!(
+        st[0].counters.allowed_egress, k,
+        "every frame a new connection"
+    );
     drop(log);
 }
 

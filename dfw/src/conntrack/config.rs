@@ -90,7 +90,8 @@ impl Timeouts {
     }
 }
 
-/// Largest table: index values are `slot << 1 | direction` in a `u32`.
+/// Largest table: slots are `u32` index values and `u32::MAX` marks a free way (kept at
+/// 2^31 - 1, the limit of the earlier two-keys-per-connection index, so configs stay valid).
 pub const MAX_TABLE_ENTRIES: u32 = (1 << 31) - 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,14 +19,6 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub(crate) const fn from_bit(bit: u32) -> Self {
-        if bit & 1 == 0 {
-            Self::Original
-        } else {
-            Self::Reply
-        }
-    }
-
     pub const fn index(self) -> usize {
         self as usize
     }
@@ -77,6 +69,19 @@ impl Entry {
         let i = dir.index();
         self.packets[i] = self.packets[i].wrapping_add(1);
         self.bytes[i] = self.bytes[i].wrapping_add(u64::from(len));
+    }
+
+    /// Which direction of this entry `t` (as seen on the wire, in `zone`) travels, if it
+    /// belongs to it at all.
+    #[inline]
+    pub(crate) fn direction_of(&self, zone: u32, t: &FiveTuple) -> Option<Direction> {
+        if self.matches(zone, t, Direction::Original) {
+            Some(Direction::Original)
+        } else if self.matches(zone, t, Direction::Reply) {
+            Some(Direction::Reply)
+        } else {
+            None
+        }
     }
 
     /// Whether `t`, as seen on the wire, is this entry's original or reply direction.

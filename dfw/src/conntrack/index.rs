@@ -13,12 +13,14 @@
 //! count is zero, and removal decrements the counts along the removed key's probe path, so
 //! there are no tombstones and no periodic rehash.
 //!
-//! Values are opaque `u32`s (the table stores `slot << 1 | direction`); keys are not stored:
-//! the caller's `eq` closure compares against the slab.
+//! Values are opaque `u32`s (the table stores slab slots); keys are not stored: the caller's
+//! `eq` closure compares against the slab. Growing is the caller's to drive
+//! ([`Index::needs_grow`], [`Index::grow`]) because only it knows a cheap order in which to
+//! list every stored value with its hash.
 
 /// Values per bucket.
 const WAYS: usize = 8;
-/// Marks a free way. Table values are `slot << 1 | dir` with slot < 2^31 - 1, never this.
+/// Marks a free way. Table values are slots below 2^31 - 1, never this.
 const EMPTY: u32 = u32::MAX;
 /// Grow when more than 3/4 of the ways are used (6 of 8 per bucket on average).
 const MAX_LOAD_NUM: usize = 3;
@@ -54,6 +56,28 @@ impl Bucket {
     fn free_way(&self) -> Option<usize> {
         self.val.iter().position(|&v| v == EMPTY)
     }
+}
+
+/// A hint to the CPU to start loading the cache lines of `r`: unlike a load, it does not hold
+/// up the instructions after it (nor a locked instruction, e.g. a mutex release, which waits
+/// for earlier loads), so several misses overlap. A no-op where there is no such instruction.
+#[inline(always)]
+pub(crate) fn prefetch<T>(r: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = (r as *const T).cast::<i8>();
+        let mut off = 0;
+        while off < std::mem::size_of::<T>().max(1) {
+            // SAFETY: `_mm_prefetch` is `unsafe` only because it is a `target_feature(sse)`
+            // intrinsic; SSE is part of the x86_64 baseline. A prefetch has no architectural
+            // effect (it never faults and writes nothing), and the address is inside `*r`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
 }
 
 #[inline]
@@ -136,15 +160,23 @@ impl Index {
         }
     }
 
-    /// Add `val` under `hash`. `rehash` gives the hash of any stored value, for growing.
-    pub(crate) fn insert(&mut self, hash: u64, val: u32, rehash: impl Fn(u32) -> u64) {
-        if (self.len + 1) * MAX_LOAD_DEN > self.buckets.len() * WAYS * MAX_LOAD_NUM {
-            self.grow(rehash);
+    /// Start bringing the home bucket of `hash` into the cache, without waiting for it.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash: u64) {
+        if let Some(b) = self.buckets.get(self.home(hash)) {
+            prefetch(b);
         }
-        self.insert_no_grow(hash, val);
     }
 
-    fn insert_no_grow(&mut self, hash: u64, val: u32) {
+    /// Whether one more value would exceed the load limit: [`Self::grow`] first.
+    #[inline]
+    pub(crate) fn needs_grow(&self) -> bool {
+        (self.len + 1) * MAX_LOAD_DEN > self.buckets.len() * WAYS * MAX_LOAD_NUM
+    }
+
+    /// Add `val` under `hash`. The caller has made room ([`Self::needs_grow`]); should it
+    /// not have, the value is still stored while any way is free.
+    pub(crate) fn insert(&mut self, hash: u64, val: u32) {
         let sig = sig_of(hash);
         let mut b = self.home(hash);
         // The load limit guarantees a free way; the bound only keeps the loop finite.
@@ -163,17 +195,15 @@ impl Index {
         }
     }
 
-    fn grow(&mut self, rehash: impl Fn(u32) -> u64) {
+    /// Doubles the bucket array and refills it from `all`: every stored value with its hash,
+    /// in whatever order the caller reads them fastest.
+    pub(crate) fn grow(&mut self, all: impl Iterator<Item = (u64, u32)>) {
         let n = self.buckets.len() * 2;
-        let old = std::mem::replace(&mut self.buckets, vec![EMPTY_BUCKET; n]);
+        self.buckets = vec![EMPTY_BUCKET; n];
         self.mask = n - 1;
         self.len = 0;
-        for bucket in &old {
-            for &v in &bucket.val {
-                if v != EMPTY {
-                    self.insert_no_grow(rehash(v), v);
-                }
-            }
+        for (hash, v) in all {
+            self.insert(hash, v);
         }
     }
 
@@ -266,7 +296,8 @@ mod tests {
         let mut idx = Index::with_capacity(64);
         let n = 40u32;
         for v in 0..n {
-            idx.insert(colliding(v), v, colliding);
+            assert!(!idx.needs_grow());
+            idx.insert(colliding(v), v);
         }
         idx.check(colliding).unwrap();
         for v in 0..n {
@@ -297,7 +328,11 @@ mod tests {
         let mut idx = Index::with_capacity(1);
         let before = idx.buckets.len();
         for v in 0..10_000 {
-            idx.insert(h(v), v, h);
+            if idx.needs_grow() {
+                let all: Vec<(u64, u32)> = idx.values().map(|v| (h(v), v)).collect();
+                idx.grow(all.into_iter());
+            }
+            idx.insert(h(v), v);
         }
         assert!(idx.buckets.len() > before);
         assert!(idx.len * MAX_LOAD_DEN <= idx.buckets.len() * WAYS * MAX_LOAD_NUM);

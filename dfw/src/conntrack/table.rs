@@ -1,13 +1,20 @@
-//! Storage: a slab of entries plus one hash index holding both direction keys.
+//! Storage: a slab of entries plus one hash index with one key per connection.
 //!
-//! Each connection is stored once, in `slots`. The [`Index`] holds `slot << 1 | direction`
-//! values with 16-bit signatures; the key itself is read from the slab when probing. Keeping
-//! keys out of the index makes it ~32 bytes per connection instead of 2 x 48 for a
-//! `HashMap<(zone, tuple), slot>` holding both directions, and the signatures keep slab reads
-//! for non-matching keys rare.
+//! Each connection is stored once, in `slots`, and indexed once: the index key is the
+//! connection's *unordered* pair of endpoints (`{(src, sport), (dst, dport)}` plus zone and
+//! protocol), so a packet in either direction hashes to the same index value, and which
+//! direction it travels follows from comparing it with the entry's original tuple. Compared
+//! with one index key per direction, a new connection writes one index bucket instead of two
+//! (and the first is the bucket its lookup just loaded), and removing one touches one: on a
+//! table bigger than the caches, each of those buckets is a cache miss.
+//!
+//! The [`Index`] holds slot numbers with 16-bit signatures; the key itself is read from the
+//! slab when probing, which keeps the index at ~16 bytes per connection.
 //!
 //! Keys are guest controlled, so the hasher is seeded per table at random (foldhash): a guest
-//! cannot precompute 5-tuples that collide in the index.
+//! cannot precompute 5-tuples that collide in the index. The endpoints are ordered before
+//! hashing (not combined symmetrically, e.g. by XOR, which would let a guest pick colliding
+//! port pairs whatever the seed).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -17,7 +24,7 @@ use foldhash::fast::{RandomState, SeedableRandomState};
 use foldhash::SharedSeed;
 
 use super::entry::{addr_bits, Direction, Entry};
-use super::index::Index;
+use super::index::{prefetch, Index};
 use crate::flow::FiveTuple;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -38,37 +45,40 @@ pub(crate) struct Table {
     cursor: usize,
 }
 
+/// Expired entries [`Table::sweep`] collects before removing them.
+const SWEEP_GROUP: usize = 16;
+/// How many slots ahead of the sweep hand the slab is prefetched: a few short sweeps per
+/// batch are too short for the hardware prefetcher to pick up the stream.
+const SWEEP_AHEAD: usize = 4;
+
+/// Hash of the connection `t` belongs to in `zone`: the same for `t` and `t.reversed()`.
 #[inline]
 fn hash_key(hasher: &SeedableRandomState, zone: u32, t: &FiveTuple) -> u64 {
     let mut h = hasher.build_hasher();
-    let family = |a: IpAddr| u64::from(a.is_ipv6());
-    h.write_u64(u64::from(zone) << 32 | u64::from(t.src_port) << 16 | u64::from(t.dst_port));
+    let proto = u64::from(t.protocol.number());
     match (t.src, t.dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            h.write_u64(u64::from(s.to_bits()) << 32 | u64::from(d.to_bits()));
+            let a = u64::from(s.to_bits()) << 16 | u64::from(t.src_port);
+            let b = u64::from(d.to_bits()) << 16 | u64::from(t.dst_port);
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            h.write_u64(lo);
+            h.write_u64(hi);
+            h.write_u64(u64::from(zone) << 32 | proto);
         }
         (s, d) => {
-            h.write_u128(addr_bits(s));
-            h.write_u128(addr_bits(d));
+            // Family in the port word: an IPv4 address and its zero-extended IPv6 twin differ.
+            let end = |a: IpAddr, port: u16| {
+                (addr_bits(a), u32::from(a.is_ipv6()) << 16 | u32::from(port))
+            };
+            let (a, b) = (end(s, t.src_port), end(d, t.dst_port));
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            h.write_u128(lo.0);
+            h.write_u128(hi.0);
+            h.write_u64(u64::from(lo.1) << 32 | u64::from(hi.1));
+            h.write_u64(u64::from(zone) << 32 | 1 << 16 | proto);
         }
     }
-    h.write_u16(
-        u16::from(t.protocol.number()) | (family(t.src) << 8) as u16 | (family(t.dst) << 9) as u16,
-    );
     h.finish()
-}
-
-/// Hash of the key an index value stands for (used by the index when it resizes).
-#[inline]
-fn hash_of_value(hasher: &SeedableRandomState, slots: &[Option<Entry>], v: u32) -> u64 {
-    match slots.get((v >> 1) as usize) {
-        Some(Some(e)) => match Direction::from_bit(v) {
-            Direction::Original => hash_key(hasher, e.zone, &e.orig),
-            Direction::Reply => hash_key(hasher, e.zone, &e.orig.reversed()),
-        },
-        // Unreachable while the table is consistent; any value keeps hashbrown sound.
-        _ => 0,
-    }
 }
 
 impl Table {
@@ -81,7 +91,7 @@ impl Table {
         Self {
             slots: Vec::with_capacity(capacity),
             free: Vec::with_capacity(capacity),
-            index: Index::with_capacity(capacity * 2),
+            index: Index::with_capacity(capacity),
             hasher,
             zones: HashMap::default(),
             len: 0,
@@ -132,19 +142,31 @@ impl Table {
         hash: u64,
     ) -> Option<(u32, Direction)> {
         let slots = &self.slots;
-        self.index
-            .find(hash, |v| match slots.get((v >> 1) as usize) {
-                Some(Some(e)) => e.matches(zone, t, Direction::from_bit(v)),
-                _ => false,
-            })
-            .map(|v| (v >> 1, Direction::from_bit(v)))
+        let mut dir = Direction::Original;
+        let slot = self.index.find(hash, |v| match slots.get(v as usize) {
+            Some(Some(e)) => match e.direction_of(zone, t) {
+                Some(d) => {
+                    dir = d;
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        })?;
+        Some((slot, dir))
+    }
+
+    /// Start loading the index bucket of a key with `hash` (see [`super::ConnTrack::prefetch`]).
+    #[inline]
+    pub(crate) fn prefetch_bucket(&self, hash: u64) {
+        self.index.prefetch(hash);
     }
 
     /// Stage 1 of a burst lookup: load the key's index bucket and return the slot it most
     /// likely points to.
     #[inline]
     pub(crate) fn touch_bucket(&self, hash: u64) -> Option<u32> {
-        self.index.touch(hash).map(|v| v >> 1)
+        self.index.touch(hash)
     }
 
     /// Stage 2 of a burst lookup: load the lines of a slab entry. Returns a value derived from
@@ -183,13 +205,19 @@ impl Table {
                 (self.slots.len() - 1) as u32
             }
         };
-        let h_orig = hash_key(&self.hasher, entry.zone, &entry.orig);
-        let h_reply = hash_key(&self.hasher, entry.zone, &entry.orig.reversed());
-        let (hasher, slots) = (&self.hasher, &self.slots);
+        if self.index.needs_grow() {
+            // Rebuilt from the slab in slot order: the entries are read sequentially, where
+            // rehashing bucket by bucket would read them in random order, a miss each.
+            let hasher = &self.hasher;
+            let live = self.slots.iter().enumerate().filter_map(|(i, e)| {
+                e.as_ref()
+                    .filter(|_| i as u32 != slot)
+                    .map(|e| (hash_key(hasher, e.zone, &e.orig), i as u32))
+            });
+            self.index.grow(live);
+        }
         self.index
-            .insert(h_orig, slot << 1, |v| hash_of_value(hasher, slots, v));
-        self.index
-            .insert(h_reply, slot << 1 | 1, |v| hash_of_value(hasher, slots, v));
+            .insert(hash_key(&self.hasher, entry.zone, &entry.orig), slot);
         self.len += 1;
         self.zones.entry(entry.zone).or_default().count += 1;
         slot
@@ -197,11 +225,15 @@ impl Table {
 
     /// Remove the entry in `slot` and both its index keys.
     pub(crate) fn remove(&mut self, slot: u32) -> Option<Entry> {
+        let e = self.get(slot)?;
+        let hash = hash_key(&self.hasher, e.zone, &e.orig);
+        self.remove_hashed(slot, hash)
+    }
+
+    /// [`Self::remove`] with the hash of the entry's key already computed.
+    fn remove_hashed(&mut self, slot: u32, hash: u64) -> Option<Entry> {
         let entry = self.slots.get_mut(slot as usize)?.take()?;
-        for (dir, tuple) in [(0u32, entry.orig), (1u32, entry.orig.reversed())] {
-            let hash = hash_key(&self.hasher, entry.zone, &tuple);
-            self.index.remove(hash, slot << 1 | dir);
-        }
+        self.index.remove(hash, slot);
         self.free.push(slot);
         self.len -= 1;
         if let Some(z) = self.zones.get_mut(&entry.zone) {
@@ -214,18 +246,39 @@ impl Table {
     }
 
     /// Advance the sweep hand over at most `budget` slots, removing expired entries.
+    ///
+    /// In two stages per group of [`SWEEP_GROUP`] expired entries: find them (reading the slab
+    /// in order) and prefetch their index buckets, then remove them. The buckets are at random
+    /// places, each a cache miss on a big table; loaded one after the other by `remove`, their
+    /// misses would be paid in series.
     pub(crate) fn sweep(&mut self, now: u64, budget: usize) -> usize {
         let n = self.slots.len();
+        let mut left = budget.min(n);
         let mut removed = 0;
-        for _ in 0..budget.min(n) {
-            if self.cursor >= n {
-                self.cursor = 0;
+        while left > 0 {
+            let mut group = [(0u32, 0u64); SWEEP_GROUP];
+            let mut found = 0;
+            while left > 0 && found < SWEEP_GROUP {
+                left -= 1;
+                if self.cursor >= n {
+                    self.cursor = 0;
+                }
+                let slot = self.cursor as u32;
+                self.cursor += 1;
+                if let Some(ahead) = self.slots.get(self.cursor + SWEEP_AHEAD) {
+                    prefetch(ahead);
+                }
+                if let Some(e) = self.get(slot).filter(|e| e.is_expired(now)) {
+                    let hash = hash_key(&self.hasher, e.zone, &e.orig);
+                    self.index.prefetch(hash);
+                    group[found] = (slot, hash);
+                    found += 1;
+                }
             }
-            let slot = self.cursor as u32;
-            self.cursor += 1;
-            if self.get(slot).is_some_and(|e| e.is_expired(now)) {
-                self.remove(slot);
-                removed += 1;
+            for &(slot, hash) in &group[..found] {
+                if self.remove_hashed(slot, hash).is_some() {
+                    removed += 1;
+                }
             }
         }
         removed
@@ -263,7 +316,7 @@ impl Table {
         if live != self.len as usize {
             return Err(format!("len {} but {live} live slots", self.len));
         }
-        if self.index.len() != 2 * live {
+        if self.index.len() != live {
             return Err(format!(
                 "index has {} keys for {live} entries",
                 self.index.len()
@@ -297,10 +350,12 @@ impl Table {
                 }
             }
         }
-        self.index
-            .check(|v| hash_of_value(&self.hasher, &self.slots, v))?;
+        self.index.check(|v| match self.get(v) {
+            Some(e) => hash_key(&self.hasher, e.zone, &e.orig),
+            None => 0,
+        })?;
         for v in self.index.values() {
-            if self.get(v >> 1).is_none() {
+            if self.get(v).is_none() {
                 return Err(format!("index value {v} points to a free slot"));
             }
         }
@@ -318,5 +373,82 @@ impl Table {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::entry::{ProtoState, UdpState};
+    use crate::flow::IpProtocol;
+
+    fn t(src: &str, sp: u16, dst: &str, dp: u16, protocol: IpProtocol) -> FiveTuple {
+        FiveTuple {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol,
+            src_port: sp,
+            dst_port: dp,
+        }
+    }
+
+    #[test]
+    fn both_directions_share_one_key_and_other_fields_still_count() {
+        let h = SeedableRandomState::with_seed(7, SharedSeed::global_fixed());
+        let v4 = t("10.0.0.1", 40000, "10.0.0.2", 80, IpProtocol::Tcp);
+        let v6 = t("fd00::1", 40000, "fd00::2", 80, IpProtocol::Udp);
+        for x in [v4, v6] {
+            assert_eq!(hash_key(&h, 1, &x), hash_key(&h, 1, &x.reversed()));
+            assert_ne!(hash_key(&h, 1, &x), hash_key(&h, 2, &x), "zone");
+            let swapped_ports = FiveTuple {
+                src_port: x.dst_port,
+                dst_port: x.src_port,
+                ..x
+            };
+            assert_ne!(hash_key(&h, 1, &x), hash_key(&h, 1, &swapped_ports));
+        }
+        let udp = FiveTuple {
+            protocol: IpProtocol::Udp,
+            ..v4
+        };
+        assert_ne!(hash_key(&h, 1, &v4), hash_key(&h, 1, &udp), "protocol");
+        // An IPv4 pair and the same numbers zero-extended to IPv6 are different keys.
+        let widened = t("::a00:1", 40000, "::a00:2", 80, IpProtocol::Tcp);
+        assert_ne!(hash_key(&h, 1, &v4), hash_key(&h, 1, &widened));
+    }
+
+    #[test]
+    fn a_reply_finds_its_entry_as_reply_and_growth_keeps_every_entry() {
+        let mut table = Table::new(1, Some(3));
+        let tuple = |i: u32| FiveTuple {
+            src: IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
+            dst: IpAddr::from([10, 1, 0, 1]),
+            protocol: IpProtocol::Udp,
+            src_port: 1000,
+            dst_port: 53,
+        };
+        for i in 0..5000 {
+            let orig = tuple(i);
+            table.insert(Entry {
+                orig,
+                zone: 1,
+                proto: ProtoState::Datagram(UdpState::First),
+                expires: 10,
+                mark: u64::from(i),
+                packets: [1, 0],
+                bytes: [0; 2],
+            });
+        }
+        table.check_consistency().unwrap();
+        for i in 0..5000 {
+            let (slot, dir) = table.find(1, &tuple(i).reversed()).unwrap();
+            assert_eq!(dir, Direction::Reply);
+            assert_eq!(table.get(slot).unwrap().mark, u64::from(i));
+            assert_eq!(table.find(1, &tuple(i)), Some((slot, Direction::Original)));
+            assert_eq!(table.find(2, &tuple(i)), None);
+        }
+        assert_eq!(table.sweep(10, 10_000), 5000);
+        assert_eq!(table.len(), 0);
+        table.check_consistency().unwrap();
     }
 }

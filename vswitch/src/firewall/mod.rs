@@ -37,7 +37,7 @@ pub mod cut;
 pub mod decision;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -63,6 +63,10 @@ use decision::SideDecision;
 
 /// Table slots a vNIC's batch sweeps for expired connections.
 pub const EXPIRE_BUDGET_PER_BATCH: usize = 128;
+
+/// Connections beyond which a vNIC's table no longer fits the L2 cache (~150 B each) and
+/// prefetching its lines ahead of use pays for an extra lock.
+const BIG_TABLE: usize = 8192;
 
 /// Rate-limiter slots per vNIC: one per drop reason, plus one for new-connection records.
 const LIMITERS: usize = DropReason::COUNT + 1;
@@ -161,6 +165,8 @@ pub struct VnicFw {
     cut: Mutex<cut::CutSet>,
     pub counters: VnicFwCounters,
     limits: [RateLimiter; LIMITERS],
+    /// The table held more than [`BIG_TABLE`] connections when last used (a hint).
+    big_table: AtomicBool,
 }
 
 impl VnicFw {
@@ -334,6 +340,7 @@ impl Firewall {
             cut: Mutex::new(cut::CutSet::default()),
             counters: VnicFwCounters::default(),
             limits: std::array::from_fn(|_| RateLimiter::default()),
+            big_table: AtomicBool::new(false),
         });
         let mut reg = lock(&self.registry);
         reg.vnics.insert(id, fw);
@@ -658,6 +665,16 @@ impl Firewall {
         // receiver refuses is not also logged as forwarded at the sender.
         let mut at_sender = None;
         let mut at_receiver = None;
+        if let (Some(_), Some(r)) = (sender, receiver) {
+            // The receiver's table is read second: start loading its line now, so that on a
+            // table bigger than the caches its miss overlaps with the sender's. (Not worth an
+            // extra lock on a small table, which stays in the caches.)
+            if r.fw.big_table.load(Ordering::Relaxed) {
+                lock(&r.fw.sf)
+                    .conntrack()
+                    .prefetch(r.fw.zone(), &meta.tuple);
+            }
+        }
         if let Some(s) = sender {
             match self.cross(s, Direction::Egress, meta, seen) {
                 Crossed::Pass(admitted) => at_sender = admitted.map(|a| (s, a)),
@@ -691,6 +708,10 @@ impl Firewall {
             endpoint,
         };
         let out = sf.process(snap, vnic, direction, meta, seen.now);
+        let big = sf.conntrack().len() > BIG_TABLE;
+        if big != b.fw.big_table.load(Ordering::Relaxed) {
+            b.fw.big_table.store(big, Ordering::Relaxed);
+        }
         match out.ct {
             CtVerdict::New { .. } | CtVerdict::Untracked { .. } => {
                 drop(sf);
