@@ -37,7 +37,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringState, VringT};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_S_LINK_UP};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -46,7 +46,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::poller::Attached;
 use super::queues::{
-    available_chains, copy_tx_chain, write_rx_frame, RxError, RxScratch, TxBuffer,
+    available_chains, copy_tx_chain, prefetch_guest, write_rx_frame, RxError, RxScratch, TxBuffer,
 };
 use super::{MAX_QUEUE_SIZE, NUM_QUEUES, OFFERED_FEATURES, RX_QUEUE, TX_QUEUE};
 use crate::counters::DropReason;
@@ -249,6 +249,7 @@ impl VnicBackend {
                     break;
                 }
                 budget -= n;
+                prefetch_burst(&*mem, vstate.get_queue().desc_table(), &burst[..n]);
                 let now = *batch_now.get_or_insert_with(|| s.pipeline.now());
                 for chain in burst.iter_mut().take(n).filter_map(Option::take) {
                     let head = chain.head_index();
@@ -465,6 +466,23 @@ impl VnicBackend {
             }
         }
         moved
+    }
+}
+
+/// Starts loading a TX burst's descriptors, then its first buffers, before the frames are
+/// copied one by one: the guest's core wrote them last, so each is a cache miss, and issued
+/// together the misses overlap instead of queuing behind each other (what DPDK's vhost
+/// library does per burst).
+fn prefetch_burst(mem: &GuestMem, desc_table: u64, burst: &[Option<DescriptorChain<&GuestMem>>]) {
+    const DESC_SIZE: u64 = 16;
+    for chain in burst.iter().flatten() {
+        let desc = desc_table.wrapping_add(DESC_SIZE * u64::from(chain.head_index()));
+        prefetch_guest(mem, GuestAddress(desc), DESC_SIZE as usize);
+    }
+    for chain in burst.iter().flatten() {
+        if let Some(first) = chain.clone().next() {
+            prefetch_guest(mem, first.addr(), first.len() as usize);
+        }
     }
 }
 
