@@ -167,9 +167,41 @@ pub struct VnicFw {
     limits: [RateLimiter; LIMITERS],
     /// The table held more than [`BIG_TABLE`] connections when last used (a hint).
     big_table: AtomicBool,
+    /// The counters of the rule this zone's last established packet counted for, valid for
+    /// one published [`FwState`] (its `epoch`). Established packets of a flow keep hitting
+    /// one rule, and the rule map of a large policy (100k rules) is a cache miss per lookup
+    /// (measured: established 64 B frames at 100k rules ran at 0.77x the 10-rule rate).
+    last_rule: Mutex<Option<CachedRule>>,
+}
+
+/// See [`VnicFw::last_rule`].
+struct CachedRule {
+    epoch: u64,
+    rule: RuleId,
+    stats: Arc<RuleStats>,
 }
 
 impl VnicFw {
+    /// Counts an established packet for `rule`, through [`VnicFw::last_rule`].
+    fn count_established(&self, st: &FwState, rule: RuleId, bytes: u32) {
+        let mut cache = lock(&self.last_rule);
+        if let Some(c) = cache
+            .as_ref()
+            .filter(|c| c.epoch == st.epoch && c.rule == rule)
+        {
+            c.stats.hit(false, bytes);
+            return;
+        }
+        *cache = st.rules.get(&rule).map(|stats| {
+            stats.hit(false, bytes);
+            CachedRule {
+                epoch: st.epoch,
+                rule,
+                stats: stats.clone(),
+            }
+        });
+    }
+
     fn zone(&self) -> Zone {
         Zone(self.id.0)
     }
@@ -191,7 +223,13 @@ struct FwState {
     snapshot: Option<Arc<PolicySnapshot>>,
     vnics: FastMap<PortId, Bound>,
     rules: FastMap<RuleId, Arc<RuleStats>>,
+    /// Distinct per published state (a process-wide sequence), so per-zone caches of
+    /// `rules` entries know when they are stale.
+    epoch: u64,
 }
+
+/// Source of [`FwState::epoch`].
+static FW_STATE_EPOCH: AtomicU64 = AtomicU64::new(1);
 
 impl FwState {
     fn handle(&self, id: PortId) -> Option<EndpointHandle> {
@@ -302,6 +340,7 @@ impl Firewall {
     fn publish(&self, reg: &mut Registry) {
         let mut st = FwState {
             snapshot: reg.snapshot.clone(),
+            epoch: FW_STATE_EPOCH.fetch_add(1, Ordering::Relaxed),
             ..FwState::default()
         };
         let mut rules = FastMap::default();
@@ -341,6 +380,7 @@ impl Firewall {
             counters: VnicFwCounters::default(),
             limits: std::array::from_fn(|_| RateLimiter::default()),
             big_table: AtomicBool::new(false),
+            last_rule: Mutex::new(None),
         });
         let mut reg = lock(&self.registry);
         reg.vnics.insert(id, fw);
@@ -727,7 +767,9 @@ impl Firewall {
             CtVerdict::Established { mark, .. } | CtVerdict::Related { mark, .. } => {
                 let rule = sf.describe(Mark(mark)).and_then(|i| i.rule_id());
                 drop(sf);
-                st.count_rule(rule, false, meta.len);
+                if let Some(rule) = rule {
+                    b.fw.count_established(&st, rule, meta.len);
+                }
                 Crossed::Pass(None)
             }
             CtVerdict::Denied { .. } => {

@@ -559,3 +559,30 @@ fn audit_mode_forwards_would_be_drops_and_logs_them() {
     assert_eq!(rec.direction, Direction::Ingress);
     assert_eq!(rec.drop_reason, None);
 }
+
+/// Established packets are counted on their rule through a per-zone cache of the last rule;
+/// a newly published state (same rules) keeps the counts going on the same counters.
+#[test]
+fn established_packets_keep_counting_on_their_rule_across_a_republish() {
+    let mut n = Net::new(true);
+    let (web, db) = (n.web.clone(), n.db.clone());
+    assert_eq!(n.send(&web, &syn(1, 2, 40000, 5432)), to(&db));
+    assert_eq!(n.send(&db, &syn_ack(2, 1, 5432, 40000)), to(&web));
+    let packets = |n: &Net| -> u64 {
+        n.fw.rule_counters()
+            .values()
+            .filter(|c| c.sessions == 1)
+            .map(|c| c.packets)
+            .sum()
+    };
+    let before = packets(&n);
+    for seq in 0..3 {
+        let ack = tcp(1, 2, 40000, 5432, 101 + seq, Some(501), false);
+        assert_eq!(n.send(&web, &ack), to(&db));
+    }
+    assert_eq!(packets(&n), before + 3, "three established packets counted");
+    n.fw.install(n.engine.snapshot());
+    let ack = tcp(1, 2, 40000, 5432, 104, Some(501), false);
+    assert_eq!(n.send(&web, &ack), to(&db));
+    assert_eq!(packets(&n), before + 4, "counted after the republish too");
+}
