@@ -249,7 +249,7 @@ impl VnicBackend {
                     break;
                 }
                 budget -= n;
-                prefetch_burst(&*mem, vstate.get_queue().desc_table(), &burst[..n]);
+                prefetch_burst(&mem, vstate.get_queue().desc_table(), &burst[..n]);
                 let now = *batch_now.get_or_insert_with(|| s.pipeline.now());
                 for chain in burst.iter_mut().take(n).filter_map(Option::take) {
                     let head = chain.head_index();

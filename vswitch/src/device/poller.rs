@@ -256,7 +256,7 @@ fn run(shard: &Shard, cpu: Option<usize>, idle_ns: u64) {
         // The clock is read every few empty rounds only (a read costs about as much as a
         // round over two idle rings).
         empty_rounds += 1;
-        if empty_rounds % CLOCK_EVERY_EMPTY_ROUNDS != 0 {
+        if !empty_rounds.is_multiple_of(CLOCK_EVERY_EMPTY_ROUNDS) {
             std::hint::spin_loop();
             continue;
         }
