@@ -17,6 +17,10 @@ Two traffic modes (see README.md for why):
            a new connection (new connections per second); with a small n it is a conntrack
            table of n entries being looked up.
 
+The `latency` figure runs the loop with pairgen (pairgen.c) stamping a TSC into every packet it
+sends and timing each trip through the subject on receipt: with one packet in flight per pair
+(nothing queues: the drop-free, low-load latency) and with the loop's usual 16 x 32.
+
 The figure is the packet rate the generator receives (sum over its ports), i.e. what the
 subject delivered. Each measurement restarts the generator; rates are sampled once per second
 over a fixed window after a warm-up, and the median interval is reported.
@@ -345,6 +349,24 @@ class Testpmd:
                     stats[port][key] = int(m.group(1))
         return t, stats
 
+    def latency(self) -> dict:
+        """pairgen's `show latency` since the last `clear latency`: one-way trips through the
+        subject, as `lat_*_us` (µs) plus `lat_samples`. Raises when nothing was timed (the
+        circulating packets were lost, or the subject forwarded nothing)."""
+        self.drain()
+        self.send("show latency")
+        # (the answer follows the `pairgen> ` prompt on the same line)
+        line = self.collect(lambda g: any("Latency:" in x for x in g), 15)[-1]
+        line = line[line.index("Latency:"):]
+        kv = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
+        if "error" in kv or int(kv.get("samples", 0)) == 0:
+            raise RuntimeError(f"{self.name}: no packet timed in the window ({line.strip()}); "
+                               f"see {self.proc.log_path}")
+        out = {"lat_samples": int(kv["samples"]), "tsc_hz": int(kv["tsc_hz"])}
+        for k in ("mean", "min", "p50", "p90", "p99", "p999", "max"):
+            out[f"lat_{k}_us"] = round(float(kv[f"{k}_ns"]) / 1000, 3)
+        return out
+
     def stop(self) -> None:
         if self.proc.alive():
             try:
@@ -411,7 +433,7 @@ PAIRGEN = PairGen()
 
 @dataclass(frozen=True)
 class Case:
-    figure: str  # established | newconn | rules | flows | vnics | smoke-allow | smoke-deny
+    figure: str  # established | newconn | rules | flows | vnics | latency | smoke-allow | smoke-deny
     mode: str  # loop | flowgen
     frame: int = 64  # bytes from the Ethernet header to the end of the payload (virtio has no FCS)
     flows: int = 1  # flowgen: distinct destination addresses cycled
@@ -421,12 +443,25 @@ class Case:
     # Loop generator: "testpmd" (every pair sends pair 0's IPs) or "pairgen" (pair k sends
     # ip_a(k) <-> ip_b(k); see pairgen.c). Same for every subject of a case.
     gen: str = "testpmd"
+    # Loop packets seeded per pair (0: the usual `start tx_first` 16 bursts of 32). The latency
+    # figure uses 1 (one packet circulates, nothing queues) and 512 (the usual load); pairgen only.
+    inflight: int = 0
 
     @property
     def key(self) -> str:
         return (f"{self.figure}:{self.mode}:f{self.frame}:n{self.flows}:r{self.rules}:"
                 f"v{2 * self.pairs}{':deny' if self.deny else ''}"
-                f"{'' if self.gen == 'testpmd' else ':' + self.gen}")
+                f"{'' if self.gen == 'testpmd' else ':' + self.gen}"
+                f"{f':q{self.inflight}' if self.inflight else ''}")
+
+    @property
+    def seed(self) -> tuple[int, int]:
+        """(bursts, packets per burst) the loop is seeded with per pair (pairgen); (0, 0) for
+        the usual `Settings.tx_first_bursts` x 32."""
+        if not self.inflight:
+            return 0, 0
+        per = min(32, self.inflight)
+        return max(1, self.inflight // per), per
 
     def ips(self, k: int) -> tuple[str, str]:
         """The source IPs the generator's ports of pair k send (A, B): what a subject's
@@ -437,7 +472,7 @@ class Case:
     def x(self) -> int:
         """The swept variable of the figure."""
         return {"established": self.frame, "rules": self.rules, "flows": self.flows,
-                "vnics": 2 * self.pairs}.get(self.figure, 0)
+                "vnics": 2 * self.pairs, "latency": self.inflight}.get(self.figure, 0)
 
 
 @dataclass
@@ -469,6 +504,10 @@ class Generator:
             # Seeds from A's ports only (A opens, B answers); otherwise testpmd's loop.
             app = [f"--mbufs={mbufs}", f"--frame={case.frame}", f"--udp={UDP_SRC},{UDP_DST}"]
             app += [f"--port-flow={2 * k},{mac_b(k)},{ip_a(k)},{ip_b(k)}" for k in range(case.pairs)]
+            if case.figure == "latency":
+                app.append("--stamp")
+            if case.inflight:
+                app.append(f"--seed-burst={case.seed[1]}")
             self.tp = Testpmd("pairgen", f"{SUBJECT_CPU},{GEN_CPU}", SUBJECT_CPU, vdevs, app, run_dir, mem,
                               program=str(PAIRGEN.path()))
             return
@@ -497,12 +536,16 @@ class Generator:
             # retry: the initial bursts (16 x 32 per port) exceed the 256-slot rings, so wait
             # for the subject to drain them instead of dropping them.
             self.tp.send("set fwd 5tswap retry")
-            self.tp.send(f"start tx_first {st.tx_first_bursts}")
+            self.tp.send(f"start tx_first {self.case.seed[0] or st.tx_first_bursts}")
         else:
             self.tp.send("start")
             if self.case.flows < FLOWGEN_MAX:
                 self._visit_all_flows(st)
         time.sleep(st.warmup)
+        latency = self.case.figure == "latency"
+        if latency:
+            # Trips of the warm-up (a subject's first packet may take its slow path) do not count.
+            self.tp.send("clear latency")
         cpu0 = cpu_seconds(cpu_pid)
         samples = [self.tp.port_stats(self.nports)]
         n = max(1, round(st.window))
@@ -518,6 +561,7 @@ class Generator:
             bps.append(sum((s1[p]["RX-bytes"] - s0[p]["RX-bytes"]) * 8 / dt_ for p in s1))
             per_port.append(rx)
         cpu1 = cpu_seconds(cpu_pid)
+        lat = self.tp.latency() if latency else {}
         (ta, sa), (tb, sb) = samples[0], samples[-1]
         med = statistics.median(pps)
         mean = sum(sb[p]["RX-packets"] - sa[p]["RX-packets"] for p in sb) / (tb - ta) / 1e6
@@ -542,6 +586,7 @@ class Generator:
             if self.case.mode == "flowgen" and self.case.flows < FLOWGEN_MAX else None,
             # Sent but not received by the end: packets in flight plus packets lost.
             "unreturned": sum(sb[p]["TX-packets"] - sb[p]["RX-packets"] for p in sb),
+            **lat,
         }
 
     def _visit_all_flows(self, st: Settings) -> None:
@@ -1098,6 +1143,7 @@ def cases_for(args: argparse.Namespace) -> list[Case]:
     cs += [Case("rules", "loop", rules=r) for r in args.rules]
     cs += [Case("flows", "flowgen", flows=n) for n in args.flows]
     cs += [Case("vnics", "loop", pairs=v // 2, gen=args.vnic_gen) for v in args.vnics if v >= 2]
+    cs += [Case("latency", "loop", gen="pairgen", inflight=q) for q in args.latency_inflight if q >= 1]
     return cs
 
 
@@ -1166,6 +1212,10 @@ def _measure_once(subject: Subject, case: Case, run_dir: Path, st: Settings) -> 
     return res
 
 
+LAT_KEYS = ("lat_mean_us", "lat_min_us", "lat_p50_us", "lat_p90_us", "lat_p99_us", "lat_p999_us", "lat_max_us")
+LAT_RATIOS = ("lat_p50_us", "lat_p99_us", "lat_mean_us")  # ratios to the ceiling's / OVS+ct's
+
+
 def combine_rounds(r: dict) -> None:
     """Folds a row's rounds into one: median Mpps/Gbps of the rounds, min..max over all
     intervals, counters summed (so a single forwarded packet in any round shows)."""
@@ -1192,6 +1242,15 @@ def combine_rounds(r: dict) -> None:
     r["mpps_per_core"] = statistics.median(per_core) if per_core else None
     cores = [m["subject_cores"] for m in ok if m.get("subject_cores") is not None]
     r["subject_cores"] = statistics.median(cores) if cores else None
+    # Latency (figure `latency`): medians of the rounds' percentiles (each round is one window
+    # of pairgen's histogram), the per-round values kept for the paired ratios.
+    for k in LAT_KEYS:
+        vals = [m[k] for m in ok if m.get(k) is not None]
+        if vals:
+            r[k] = statistics.median(vals)
+            r[f"rounds_{k}"] = [m.get(k) for m in rounds]
+    if any("lat_samples" in m for m in ok):
+        r["lat_samples"] = sum(m.get("lat_samples", 0) for m in ok)
     for k in ("rx_packets_by_port", "tx_packets_by_port"):
         tot: dict[str, int] = {}
         for m in ok:
@@ -1221,6 +1280,12 @@ def add_ratios(rows: list[dict]) -> None:
             pairs = [(a, b) for a, b in zip(r["rounds_mpps"], ref_row["rounds_mpps"]) if a is not None and b]
             if pairs:
                 r[col] = statistics.median(a / b for a, b in pairs)
+            # Latency: this subject's time over the reference's (> 1 = slower), per round.
+            for k in LAT_RATIOS:
+                pairs = [(a, b) for a, b in zip(r.get(f"rounds_{k}", []), ref_row.get(f"rounds_{k}", []))
+                         if a is not None and b]
+                if pairs:
+                    r[f"{k[:-3]}_{col}"] = statistics.median(a / b for a, b in pairs)
 
 
 def print_table(rows: list[dict], info: dict, out=sys.stdout) -> None:
@@ -1240,7 +1305,8 @@ def print_table(rows: list[dict], info: dict, out=sys.stdout) -> None:
                 print(f"{'(all)':<12}{'':>11} {r['subject']:<9}{'-':>8} {'':<15}{'':>7}{'':>7}{'':>8}  NOT RUN: {r['skipped']}", file=out)
             continue
         x = {"established": f"{c.frame}B", "newconn": "new/s", "rules": f"{c.rules}r",
-             "flows": f"{c.flows}fl", "vnics": f"{2 * c.pairs}vnic"}.get(c.figure, "deny" if c.deny else "allow")
+             "flows": f"{c.flows}fl", "vnics": f"{2 * c.pairs}vnic",
+             "latency": f"{c.inflight}inflt"}.get(c.figure, "deny" if c.deny else "allow")
         if r.get("mpps") is None:
             print(f"{c.figure:<12}{x:>11} {r['subject']:<9}{'-':>8} {'':<15}{'':>7}{'':>7}{'':>8}  {r.get('skipped') or r.get('error')}", file=out)
             continue
@@ -1255,18 +1321,45 @@ def print_table(rows: list[dict], info: dict, out=sys.stdout) -> None:
         if "conntrack_entries" in r:
             note += f" ct {r['conntrack_entries']}"
         print(f"{c.figure:<12}{x:>11} {r['subject']:<9}{r['mpps']:>8.3f} {rng:<15}{r['gbps']:>7.2f}{vc:>7}{vo:>8}  {note}", file=out)
+    print_latency(rows, out)
+
+
+def print_latency(rows: list[dict], out) -> None:
+    """The latency figure's own table: one-way µs through the subject and ratios of times."""
+    lat = [r for r in rows if r["_case"].figure == "latency" and r.get("lat_p50_us") is not None]
+    if not lat:
+        return
+    print("\nlatency: one-way trip generator port -> subject -> generator port, µs (pairgen TSC stamps; "
+          "median of rounds); x ceil / x ovs-ct = this subject's time over theirs (paired per round)", file=out)
+    hdr = (f"{'in flight':>9} {'subject':<16}{'p50':>8}{'p90':>8}{'p99':>8}{'mean':>8}{'min':>7}{'max':>9}"
+           f"  {'p50 x ceil':>10}{'p50 x ovs-ct':>13}{'p99 x ceil':>11}{'p99 x ovs-ct':>13}{'samples':>10}")
+    print(hdr, file=out)
+    print("-" * len(hdr), file=out)
+
+    def f(v, w=8, d=1):
+        return f"{v:>{w}.{d}f}" if v is not None else f"{'-':>{w}}"
+
+    for r in sorted(lat, key=lambda r: r["_case"].inflight):
+        print(f"{r['_case'].inflight:>9} {r['subject']:<16}{f(r['lat_p50_us'])}{f(r.get('lat_p90_us'))}"
+              f"{f(r['lat_p99_us'])}{f(r['lat_mean_us'])}{f(r['lat_min_us'], 7)}{f(r['lat_max_us'], 9, 0)}"
+              f"  {f(r.get('lat_p50_vs_ceiling'), 10, 2)}{f(r.get('lat_p50_vs_ovs_ct'), 13, 2)}"
+              f"{f(r.get('lat_p99_vs_ceiling'), 11, 2)}{f(r.get('lat_p99_vs_ovs_ct'), 13, 2)}"
+              f"{r.get('lat_samples', 0):>10}", file=out)
 
 
 def write_outputs(out_dir: Path, rows: list[dict], info: dict, subjects: list[dict], st: Settings) -> None:
     clean = [{k: v for k, v in r.items() if k != "_case"} | {"figure": r["_case"].figure, "x": r["_case"].x,
              "frame": r["_case"].frame, "flows": r["_case"].flows, "rules": r["_case"].rules,
-             "vnics": 2 * r["_case"].pairs, "mode": r["_case"].mode, "deny": r["_case"].deny} for r in rows]
+             "vnics": 2 * r["_case"].pairs, "mode": r["_case"].mode, "deny": r["_case"].deny,
+             "inflight": r["_case"].inflight} for r in rows]
     doc = {"machine": info, "subjects": subjects, "settings": {"warmup_s": st.warmup, "window_s": st.window,
            "generator_cpu": GEN_CPU, "subject_cpu": SUBJECT_CPU, "tx_first_bursts": st.tx_first_bursts},
            "results": clean}
     (out_dir / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     cols = ["figure", "x", "subject", "mode", "frame", "flows", "rules", "vnics", "deny", "mpps", "mpps_min",
-            "mpps_max", "rounds_mpps", "mpps_per_core", "subject_cores", "gbps", "vs_ceiling", "vs_ovs_ct", "rss_kb", "conntrack_entries", "skipped", "error"]
+            "mpps_max", "rounds_mpps", "mpps_per_core", "subject_cores", "gbps", "vs_ceiling", "vs_ovs_ct", "rss_kb", "conntrack_entries",
+            "inflight", *LAT_KEYS, "lat_samples", "rounds_lat_p50_us", "rounds_lat_p99_us",
+            *(f"{k[:-3]}_{c}" for k in LAT_RATIOS for c in ("vs_ceiling", "vs_ovs_ct")), "skipped", "error"]
     with open(out_dir / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
@@ -1294,7 +1387,7 @@ def plot(results_json: Path, png: Path) -> Optional[str]:
     res = [r for r in doc["results"] if r.get("mpps") is not None]
     figs = [("established", "frame bytes", False), ("rules", "rules", True), ("flows", "concurrent flows", True),
             ("vnics", "vNICs", True)]
-    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    fig, axes = plt.subplots(2, 4, figsize=(21, 9))
     colors = {"ceiling": "tab:gray", "ovs": "tab:blue", "ovs-ct": "tab:orange", "vdfwd": "tab:green",
               "vdfwd-nofw": "tab:olive"}
     for ax, (name, xl, logx) in zip(axes.flat, figs):
@@ -1331,6 +1424,24 @@ def plot(results_json: Path, png: Path) -> Optional[str]:
     nc = [r for r in res if r["figure"] == "newconn"]
     ax.bar([r["subject"] for r in nc], [r["mpps"] for r in nc], color=[colors.get(r["subject"], "tab:purple") for r in nc])
     ax.set_title("new connections per second (M/s)")
+    # Latency: p50 bars, whiskers up to p99, one group per in-flight count (log scale: µs to ms).
+    ax = axes.flat[6]
+    lat = [r for r in doc["results"] if r["figure"] == "latency" and r.get("lat_p50_us") is not None]
+    for j, q in enumerate(sorted({r["inflight"] for r in lat})):
+        rs = [r for r in lat if r["inflight"] == q]
+        xs = [i + 0.4 * j for i in range(len(rs))]
+        ax.bar(xs, [r["lat_p50_us"] for r in rs], width=0.38, label=f"{q} in flight per pair",
+               yerr=[[0] * len(rs), [r["lat_p99_us"] - r["lat_p50_us"] for r in rs]], capsize=3)
+        if j == 0:
+            ax.set_xticks([i + 0.2 for i in range(len(rs))], [r["subject"] for r in rs], rotation=30, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_title("one-way latency, p50 (whisker: p99), µs")
+    ax.grid(True, alpha=0.3, axis="y")
+    if lat:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "not in this run", ha="center", va="center", transform=ax.transAxes)
+    axes.flat[7].axis("off")
     m = doc["machine"]
     fig.suptitle(f"vdfw bench, {m['date']}: {m['nproc']} CPUs {m['cpu_model']}, kernel {m['kernel']} "
                  f"(shared machine: noisy)", fontsize=10)
@@ -1368,7 +1479,10 @@ def main() -> int:
                     help="generator of the vnics figure, the same for every subject: pairgen (pair k "
                          "sends its own IPs; default) or testpmd (every pair sends pair 0's IPs: "
                          "vdfwd cannot run it)")
-    ap.add_argument("--only", help="comma list of figures to run (established,newconn,rules,flows,vnics)")
+    ap.add_argument("--latency-inflight", type=parse_list, default=[1, 512],
+                    help="latency figure: packets circulating per pair (1 = drop-free, nothing queues; "
+                         "512 = the loop's usual 16 x 32); comma list")
+    ap.add_argument("--only", help="comma list of figures to run (established,newconn,rules,flows,vnics,latency)")
     ap.add_argument("--min-smoke-mpps", type=float, default=0.01,
                     help="smoke: the allowing policy must deliver at least this rate")
     ap.add_argument("--deadline-min", type=float, default=45.0, help="abort (with cleanup) after this many minutes")

@@ -21,8 +21,24 @@
  * `start`, `stop`, `quit`) and parses the same answer lines, so both generators share one
  * driver (bench.py `Testpmd`).
  *
+ * Latency (`--stamp`, the harness's `latency` figure): every packet pairgen transmits (seeded
+ * or echoed) carries a magic word and the TSC (rte_rdtsc) read just before its TX burst in the
+ * first 12 bytes of its UDP payload; on receipt the TSC read just after the RX burst minus that
+ * stamp is one trip through the subject (A -> subject -> B or back). All ports are polled by
+ * the one forwarding lcore, so both stamps come from the same core's clock. The trip includes
+ * the sender's virtio-user enqueue and kick and the wait until the receiving port is polled
+ * again (at most one pass over the ports), but not pairgen's own swap. Kept: count, sum, min,
+ * max and a log-linear histogram (32 sub-buckets per power of two: <= 3 % bucket width) for
+ * the percentiles; `clear latency` resets them, `show latency` prints one line
+ * `Latency: samples=N mean_ns=... min_ns=... p50_ns=... p90_ns=... p99_ns=... p999_ns=...
+ * max_ns=... tsc_hz=...` (nanoseconds via rte_get_tsc_hz()). Both are served by the
+ * forwarding lcore between two polling passes, so a snapshot is consistent.
+ * `--seed-burst=N` (default 32) is the size of each seed burst: with `start tx_first 1` and
+ * `--seed-burst=1` one packet circulates per pair, so nothing ever queues behind another
+ * (the harness's drop-free, low-load latency).
+ *
  * Build: gcc -O2 -o pairgen pairgen.c $(pkg-config --cflags --libs libdpdk)   (bench.py does it)
- * Args:  [EAL args] -- [-i] --frame=BYTES --udp=SRC,DST [--mbufs=N]
+ * Args:  [EAL args] -- [-i] --frame=BYTES --udp=SRC,DST [--mbufs=N] [--stamp] [--seed-burst=N]
  *                      --port-flow=PORT,DST_MAC,SRC_IP,DST_IP (repeatable)
  */
 
@@ -76,11 +92,135 @@ static struct rte_mempool *pool;
 static volatile bool forwarding;
 static unsigned int seed_bursts;
 static unsigned int fwd_lcore = RTE_MAX_LCORE;
+static uint16_t seed_burst = BURST; /* packets per seed burst (--seed-burst) */
+
+/* ---- Latency stamps (--stamp) ---------------------------------------------------------- */
+
+static bool stamping;
+#define STAMP_MAGIC 0x4e54414cu /* "LATN" */
+/* Ethernet + IPv4 (no options, as seeded) + UDP: where the payload, and the stamp, start. */
+#define STAMP_OFF (sizeof(struct rte_ether_hdr) + sizeof(struct rte_ipv4_hdr) + sizeof(struct rte_udp_hdr))
+#define STAMP_LEN (sizeof(uint32_t) + sizeof(uint64_t))
+
+/* Log-linear histogram of TSC cycles: values below 2^SUB are exact, above each power of two
+ * is split into 2^SUB equal buckets (HdrHistogram's layout with SUB significant bits). */
+#define LAT_SUB 5
+#define LAT_N (1u << LAT_SUB)
+#define LAT_BUCKETS ((65 - LAT_SUB) * LAT_N)
+
+struct lat_stats {
+	uint64_t count;
+	uint64_t sum;
+	uint64_t min;
+	uint64_t max;
+	uint64_t hist[LAT_BUCKETS];
+};
+
+/* Owned by the forwarding lcore while it runs; the main lcore asks it (lat_req) to clear them
+ * or to copy them into lat_snap, so the command never reads a half-updated record. */
+static struct lat_stats lat;
+static struct lat_stats lat_snap;
+enum { LAT_REQ_NONE, LAT_REQ_SNAPSHOT, LAT_REQ_CLEAR };
+static volatile int lat_req;
+
+static inline unsigned int lat_bucket(uint64_t v)
+{
+	if (v < LAT_N)
+		return (unsigned int)v;
+	unsigned int e = 63 - (unsigned int)__builtin_clzll(v); /* >= LAT_SUB */
+	unsigned int m = (unsigned int)(v >> (e - LAT_SUB)) & (LAT_N - 1);
+	return (e - LAT_SUB + 1) * LAT_N + m;
+}
+
+/* Lowest value of bucket `i` and its width. */
+static void lat_bucket_range(unsigned int i, uint64_t *lo, uint64_t *width)
+{
+	if (i < LAT_N) {
+		*lo = i;
+		*width = 1;
+		return;
+	}
+	unsigned int e = i / LAT_N + LAT_SUB - 1;
+	unsigned int m = i % LAT_N;
+	*lo = (uint64_t)(LAT_N + m) << (e - LAT_SUB);
+	*width = (uint64_t)1 << (e - LAT_SUB);
+}
+
+static void lat_clear(struct lat_stats *s)
+{
+	memset(s, 0, sizeof(*s));
+	s->min = UINT64_MAX;
+}
+
+/* Answers the main lcore's request, if any (forwarding lcore, between polling passes). */
+static inline void lat_serve(void)
+{
+	int req = lat_req;
+	if (likely(req == LAT_REQ_NONE))
+		return;
+	rte_smp_rmb();
+	if (req == LAT_REQ_CLEAR)
+		lat_clear(&lat);
+	else
+		lat_snap = lat;
+	rte_smp_wmb();
+	lat_req = LAT_REQ_NONE;
+}
+
+/* Where a stamp is (or goes) in `m`, or NULL if it is not an IPv4/UDP frame long enough. */
+static inline char *stamp_at(struct rte_mbuf *m)
+{
+	if (rte_pktmbuf_data_len(m) < STAMP_OFF + STAMP_LEN)
+		return NULL;
+	struct rte_ether_hdr *eth = rte_pktmbuf_mtod(m, struct rte_ether_hdr *);
+	struct rte_ipv4_hdr *ip = (struct rte_ipv4_hdr *)(eth + 1);
+	if (eth->ether_type != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4) ||
+	    ip->version_ihl != RTE_IPV4_VHL_DEF || ip->next_proto_id != IPPROTO_UDP)
+		return NULL;
+	return rte_pktmbuf_mtod_offset(m, char *, STAMP_OFF);
+}
+
+static inline void stamp_write(struct rte_mbuf *m, uint64_t tsc)
+{
+	char *p = stamp_at(m);
+	uint32_t magic = STAMP_MAGIC;
+
+	if (p == NULL)
+		return;
+	memcpy(p, &magic, sizeof(magic));
+	memcpy(p + sizeof(magic), &tsc, sizeof(tsc));
+}
+
+/* Records one trip if `m` carries a stamp of ours, and consumes the stamp. */
+static inline void stamp_record(struct rte_mbuf *m, uint64_t now)
+{
+	char *p = stamp_at(m);
+	uint32_t magic;
+	uint64_t then;
+
+	if (p == NULL)
+		return;
+	memcpy(&magic, p, sizeof(magic));
+	if (magic != STAMP_MAGIC)
+		return;
+	memcpy(&then, p + sizeof(magic), sizeof(then));
+	memset(p, 0, sizeof(magic)); /* a packet echoed without a new stamp must not count twice */
+	if (then > now) /* cannot happen on one lcore's TSC; never record garbage */
+		return;
+	uint64_t d = now - then;
+	lat.count++;
+	lat.sum += d;
+	if (d < lat.min)
+		lat.min = d;
+	if (d > lat.max)
+		lat.max = d;
+	lat.hist[lat_bucket(d)]++;
+}
 
 static void usage(const char *prog)
 {
 	fprintf(stderr,
-		"usage: %s [EAL args] -- [-i] --frame=BYTES --udp=SRC,DST [--mbufs=N]\n"
+		"usage: %s [EAL args] -- [-i] --frame=BYTES --udp=SRC,DST [--mbufs=N] [--stamp] [--seed-burst=N]\n"
 		"          --port-flow=PORT,DST_MAC,SRC_IP,DST_IP (repeatable)\n",
 		prog);
 }
@@ -124,9 +264,11 @@ static int parse_args(int argc, char **argv)
 		{ "udp", required_argument, NULL, 'u' },
 		{ "mbufs", required_argument, NULL, 'm' },
 		{ "port-flow", required_argument, NULL, 'p' },
+		{ "stamp", no_argument, NULL, 's' },
+		{ "seed-burst", required_argument, NULL, 'b' },
 		{ NULL, 0, NULL, 0 },
 	};
-	int c;
+	int c, n;
 	unsigned int s, d;
 
 	while ((c = getopt_long(argc, argv, "i", opts, NULL)) != -1) {
@@ -145,6 +287,15 @@ static int parse_args(int argc, char **argv)
 		case 'm':
 			nb_mbufs = (unsigned int)atoi(optarg);
 			break;
+		case 's':
+			stamping = true;
+			break;
+		case 'b':
+			n = atoi(optarg);
+			if (n < 1 || n > BURST)
+				return -1;
+			seed_burst = (uint16_t)n;
+			break;
 		case 'p':
 			if (parse_port_flow(optarg) != 0) {
 				fprintf(stderr, "bad --port-flow %s\n", optarg);
@@ -160,6 +311,10 @@ static int parse_args(int argc, char **argv)
 				sizeof(struct rte_udp_hdr) ||
 	    frame_len > RTE_MBUF_DEFAULT_DATAROOM)
 		return -1;
+	if (stamping && frame_len < STAMP_OFF + STAMP_LEN) {
+		fprintf(stderr, "--stamp needs --frame >= %zu\n", STAMP_OFF + STAMP_LEN);
+		return -1;
+	}
 	return 0;
 }
 
@@ -269,20 +424,36 @@ static int fwd_loop(void *arg __rte_unused)
 		for (uint16_t port = 0; port < nb_ports; port++) {
 			if (!flows[port].set)
 				continue;
-			if (rte_pktmbuf_alloc_bulk(pool, pkts, BURST) != 0)
+			if (rte_pktmbuf_alloc_bulk(pool, pkts, seed_burst) != 0)
 				continue;
-			for (int i = 0; i < BURST; i++)
+			for (int i = 0; i < seed_burst; i++)
 				fill_seed(pkts[i], port);
-			send_burst(port, pkts, BURST);
+			if (stamping) {
+				uint64_t now = rte_rdtsc();
+				for (int i = 0; i < seed_burst; i++)
+					stamp_write(pkts[i], now);
+			}
+			send_burst(port, pkts, seed_burst);
 		}
 	}
 	while (forwarding) {
+		lat_serve();
 		for (uint16_t port = 0; port < nb_ports; port++) {
 			uint16_t n = rte_eth_rx_burst(port, 0, pkts, BURST);
 			if (n == 0)
 				continue;
+			if (stamping) {
+				uint64_t now = rte_rdtsc();
+				for (uint16_t i = 0; i < n; i++)
+					stamp_record(pkts[i], now);
+			}
 			for (uint16_t i = 0; i < n; i++)
 				swap5(pkts[i]);
+			if (stamping) {
+				uint64_t now = rte_rdtsc();
+				for (uint16_t i = 0; i < n; i++)
+					stamp_write(pkts[i], now);
+			}
 			send_burst(port, pkts, n);
 		}
 	}
@@ -333,6 +504,70 @@ static void show_stats(void)
 	}
 }
 
+/* The value below which a fraction `q` of the samples lie: the middle of its bucket, kept
+ * within the observed min..max. */
+static uint64_t lat_quantile(const struct lat_stats *s, uint64_t total, double q)
+{
+	uint64_t want = (uint64_t)(q * (double)total + 0.999999);
+	uint64_t seen = 0;
+
+	if (want == 0)
+		want = 1;
+	for (unsigned int i = 0; i < LAT_BUCKETS; i++) {
+		seen += s->hist[i];
+		if (seen >= want) {
+			uint64_t lo, w;
+			lat_bucket_range(i, &lo, &w);
+			uint64_t v = lo + w / 2;
+			return RTE_MAX(s->min, RTE_MIN(s->max, v));
+		}
+	}
+	return s->max;
+}
+
+/* Asks the forwarding lcore to serve `req` (it does so between polling passes); done directly
+ * when it is not running. False if it did not answer within a second. */
+static bool lat_request(int req)
+{
+	if (!forwarding) {
+		if (req == LAT_REQ_CLEAR)
+			lat_clear(&lat);
+		else
+			lat_snap = lat;
+		return true;
+	}
+	rte_smp_wmb();
+	lat_req = req;
+	for (int i = 0; i < 10000 && lat_req != LAT_REQ_NONE; i++)
+		rte_delay_us_sleep(100);
+	rte_smp_rmb();
+	return lat_req == LAT_REQ_NONE;
+}
+
+static void show_latency(void)
+{
+	if (!lat_request(LAT_REQ_SNAPSHOT)) {
+		printf("Latency: error=forwarding-lcore-did-not-answer\n");
+		return;
+	}
+	const struct lat_stats *s = &lat_snap;
+	double ns = 1e9 / (double)rte_get_tsc_hz();
+	uint64_t total = 0;
+	for (unsigned int i = 0; i < LAT_BUCKETS; i++)
+		total += s->hist[i];
+	if (total == 0) {
+		printf("Latency: samples=0 stamping=%s tsc_hz=%" PRIu64 "\n", stamping ? "on" : "off",
+		       rte_get_tsc_hz());
+		return;
+	}
+	printf("Latency: samples=%" PRIu64 " mean_ns=%.0f min_ns=%.0f p50_ns=%.0f p90_ns=%.0f p99_ns=%.0f"
+	       " p999_ns=%.0f max_ns=%.0f tsc_hz=%" PRIu64 "\n",
+	       total, (double)s->sum / (double)total * ns, (double)s->min * ns,
+	       (double)lat_quantile(s, total, 0.5) * ns, (double)lat_quantile(s, total, 0.9) * ns,
+	       (double)lat_quantile(s, total, 0.99) * ns, (double)lat_quantile(s, total, 0.999) * ns,
+	       (double)s->max * ns, rte_get_tsc_hz());
+}
+
 static void show_info(void)
 {
 	for (uint16_t port = 0; port < nb_ports; port++) {
@@ -358,6 +593,12 @@ static void command_loop(void)
 			show_info();
 		else if (strcmp(line, "show port stats all") == 0)
 			show_stats();
+		else if (strcmp(line, "show latency") == 0)
+			show_latency();
+		else if (strcmp(line, "clear latency") == 0) {
+			if (!lat_request(LAT_REQ_CLEAR))
+				printf("clear latency: forwarding lcore did not answer\n");
+		}
 		else if (sscanf(line, "start tx_first %u", &n) == 1)
 			start(n);
 		else if (strcmp(line, "start tx_first") == 0)
@@ -401,6 +642,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "no lcore for forwarding: give -l with two lcores\n");
 		return 1;
 	}
+	lat_clear(&lat);
+	lat_clear(&lat_snap);
 	pool = rte_pktmbuf_pool_create("pairgen_pool", nb_mbufs, MBUF_CACHE, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
 				       rte_socket_id());
 	if (pool == NULL) {
