@@ -1,8 +1,9 @@
 //! A vNIC's bounded inbox: frames waiting to be written into its RX virtqueue.
 //!
-//! Queue ownership: only the vNIC's own worker thread touches its RX virtqueue. Other ports'
-//! threads (another vNIC's TX worker, the uplink reader) copy a frame in here and wake the
-//! worker through an eventfd registered in its epoll set. The same queue is the backlog for a
+//! Queue ownership: the inbox is drained by the vNIC's own worker (in poll mode, its poll
+//! thread). Other ports' threads (another vNIC's TX worker, the uplink reader) copy a frame in
+//! here when they cannot write it straight into the RX ring, and wake the worker through an
+//! eventfd registered in its epoll set (not while an awake poll thread looks anyway). The same queue is the backlog for a
 //! guest that has run out of RX buffers: frames wait until the guest posts buffers (RX kick),
 //! and when `capacity` frames wait, new ones are dropped and counted (`backlog_full`).
 //!
