@@ -4,10 +4,13 @@
 
 #![no_main]
 
+use std::sync::Arc;
+
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vswitch::device::queues::{copy_tx_chain, write_rx_frame, RxScratch, TxBuffer};
+use vswitch::device::queues::{copy_tx_chain, write_rx_frame, Cursor, RxScratch, TxBuffer};
+use vswitch::device::ring::{GuestMap, SplitRing};
 use vswitch::net_hdr::VirtioNetHdr;
 
 const MEM: usize = 0x4000;
@@ -22,46 +25,44 @@ fuzz_target!(|data: &[u8]| {
     let body = &data[2..];
     mem.write_slice(&body[..body.len().min(MEM)], GuestAddress(0))
         .unwrap();
+    let map = GuestMap::of(Arc::new(mem));
 
-    let mut q = Queue::new(size).unwrap();
-    q.set_size(size);
-    // Descriptor table at 0, avail ring at 0x1000, used ring at 0x2000 (all inside memory,
-    // their content is fuzz data).
-    if q.try_set_desc_table_address(GuestAddress(0)).is_err()
-        || q.try_set_avail_ring_address(GuestAddress(0x1000)).is_err()
-        || q.try_set_used_ring_address(GuestAddress(0x2000)).is_err()
-    {
-        return;
-    }
-    q.set_ready(true);
-    q.set_event_idx(data[1] & 2 != 0);
+    let queue = || {
+        let mut q = Queue::new(size).unwrap();
+        q.set_size(size);
+        // Descriptor table at 0, avail ring at 0x1000, used ring at 0x2000 (all inside
+        // memory, their content is fuzz data).
+        q.try_set_desc_table_address(GuestAddress(0)).ok()?;
+        q.try_set_avail_ring_address(GuestAddress(0x1000)).ok()?;
+        q.try_set_used_ring_address(GuestAddress(0x2000)).ok()?;
+        q.set_ready(true);
+        q.set_event_idx(data[1] & 2 != 0);
+        Some(q)
+    };
+    let Some(mut q) = queue() else { return };
+    let Ok(ring) = SplitRing::new(&map, &q) else { return };
 
     let mut tx = TxBuffer::default();
-    let mut budget = 4 * size as usize;
-    while let Some(chain) = q.pop_descriptor_chain(&mem) {
-        let head = chain.head_index();
-        let _ = copy_tx_chain(&mem, chain, &mut tx);
-        let _ = q.add_used(&mem, head, 0);
-        budget -= 1;
-        if budget == 0 {
-            break;
-        }
+    let mut cursor = Cursor::of(&q);
+    for _ in 0..4 * size as usize {
+        let Some(head) = cursor.pop(&ring) else { break };
+        let _ = copy_tx_chain(&ring, head, &mut tx);
+        cursor.add_used(&ring, head, 0);
     }
-    let _ = q.needs_notification(&mem);
+    ring.publish_used(cursor.next_used);
+    cursor.store(&mut q);
+    let mut checked = std::num::Wrapping(0);
+    let _ = ring.needs_notification(cursor.next_used, &mut checked);
 
     // Same rings as an RX queue.
-    let mut q = Queue::new(size).unwrap();
-    q.set_size(size);
-    let _ = q.try_set_desc_table_address(GuestAddress(0));
-    let _ = q.try_set_avail_ring_address(GuestAddress(0x1000));
-    let _ = q.try_set_used_ring_address(GuestAddress(0x2000));
-    q.set_ready(true);
+    let Some(q) = queue() else { return };
+    let mut cursor = Cursor::of(&q);
     let frame = vec![0xa5u8; 3000];
     let mut scratch = RxScratch::default();
     for _ in 0..size {
         if write_rx_frame(
-            &mem,
-            &mut q,
+            &ring,
+            &mut cursor,
             VirtioNetHdr::default(),
             12,
             &frame,
@@ -73,4 +74,5 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
     }
+    ring.publish_used(cursor.next_used);
 });

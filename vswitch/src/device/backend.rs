@@ -28,16 +28,17 @@
 //! inbox into its RX ring.
 
 use std::io;
+use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tracing::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringMutex, VringState, VringT};
+use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_S_LINK_UP};
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use virtio_queue::QueueT;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -45,9 +46,8 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::poller::Attached;
-use super::queues::{
-    available_chains, copy_tx_chain, prefetch_guest, write_rx_frame, RxError, RxScratch, TxBuffer,
-};
+use super::queues::{copy_tx_chain, write_rx_frame, Cursor, RxError, RxScratch, TxBuffer};
+use super::ring::{GuestMap, SplitRing};
 use super::{MAX_QUEUE_SIZE, NUM_QUEUES, OFFERED_FEATURES, RX_QUEUE, TX_QUEUE};
 use crate::counters::DropReason;
 use crate::net_hdr::{vnet_hdr_len, OffloadSet, VirtioNetHdr};
@@ -81,11 +81,18 @@ struct TxState {
     /// turns it off once, not on every empty round: without EVENT_IDX that is a write to
     /// the used ring's flags, a cache line the guest's core reads.
     kicks_on: bool,
+    map: GuestMap,
+    /// `next_used` when we last decided on notifying the guest.
+    used_checked: Wrapping<u16>,
 }
 
 struct RxState {
     scratch: RxScratch,
     segment: Vec<u8>,
+    map: GuestMap,
+    /// Where the last RX batch left the ring, with the guest's avail index as read then.
+    cursor: Option<Cursor>,
+    used_checked: Wrapping<u16>,
 }
 
 pub(crate) struct Session {
@@ -128,10 +135,15 @@ impl VnicBackend {
                 buf: TxBuffer::default(),
                 scratch: Scratch::batched(),
                 kicks_on: true,
+                map: GuestMap::new(),
+                used_checked: Wrapping(0),
             }),
             rx: Mutex::new(RxState {
                 scratch: RxScratch::default(),
                 segment: Vec::with_capacity(2048),
+                map: GuestMap::new(),
+                cursor: None,
+                used_checked: Wrapping(0),
             }),
             rx_vring: OnceLock::new(),
             tx_resume: EventFd::new(EFD_NONBLOCK)?,
@@ -211,7 +223,6 @@ impl VnicBackend {
         if s.closed.load(Ordering::Acquire) {
             return false;
         }
-        let mem = s.mem.memory();
         let hdr_len = vnet_hdr_len(s.port.acked_features());
         // Read the clock only once there is a chain: a poll thread's empty rounds would
         // spend a tenth of their time in clock_gettime.
@@ -224,36 +235,47 @@ impl VnicBackend {
             buf,
             scratch,
             kicks_on,
+            map,
+            used_checked,
         } = &mut *tx;
-        let used_before = vstate.get_queue().next_used();
+        map.refresh(&s.mem);
+        // A ring outside guest memory or misaligned cannot carry anything; the guest broke
+        // its own queue.
+        let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
+            return false;
+        };
+        let mut cursor = Cursor::of(vstate.get_queue());
+        let used_before = cursor.next_used;
         let mut budget = TX_BUDGET;
+        let mut broken = false;
         loop {
-            // Notification errors mean the ring addresses are outside guest memory; then
-            // popping fails too and we stop.
             if *kicks_on {
-                let _ = vstate.disable_notification();
+                ring.disable_notification();
                 *kicks_on = false;
             }
             while budget > 0 {
                 // One read of the guest's avail index per burst, not per chain: that index
                 // sits on a cache line the guest's core keeps writing, so each read misses.
-                let mut burst: [Option<DescriptorChain<&GuestMem>>; TX_BURST] = Default::default();
-                let mut n = 0;
-                if let Ok(iter) = vstate.get_queue_mut().iter(&*mem) {
-                    for (slot, chain) in burst.iter_mut().zip(iter.take(budget)) {
-                        *slot = Some(chain);
-                        n += 1;
-                    }
-                }
+                let Some(pending) = ring.pending(cursor.next_avail) else {
+                    // More than a ring ahead: a broken driver. Take nothing, and do not spin
+                    // on it either; a device reset sets the ring up again.
+                    broken = true;
+                    break;
+                };
+                let n = (pending as usize).min(budget).min(TX_BURST);
                 if n == 0 {
                     break;
                 }
                 budget -= n;
-                prefetch_burst(&mem, vstate.get_queue().desc_table(), &burst[..n]);
+                let mut heads = [0u16; TX_BURST];
+                for (k, head) in heads[..n].iter_mut().enumerate() {
+                    *head = ring.avail_head(cursor.next_avail + Wrapping(k as u16));
+                }
+                cursor.next_avail += Wrapping(n as u16);
+                prefetch_burst(&ring, &heads[..n]);
                 let now = *batch_now.get_or_insert_with(|| s.pipeline.now());
-                for chain in burst.iter_mut().take(n).filter_map(Option::take) {
-                    let head = chain.head_index();
-                    match copy_tx_chain(&*mem, chain, buf) {
+                for &head in &heads[..n] {
+                    match copy_tx_chain(&ring, head, buf) {
                         Ok(len) if len < hdr_len + 14 => {
                             s.port.counters.count_drop(DropReason::ShortFrame)
                         }
@@ -266,42 +288,40 @@ impl VnicBackend {
                         }
                         Err(reason) => s.port.counters.count_drop(reason),
                     }
-                    // TX buffers are device-readable: the used length is 0 either way.
-                    if vstate.get_queue_mut().add_used(&*mem, head, 0).is_err() {
-                        s.port
-                            .counters
-                            .count_drop(DropReason::DescriptorOutOfMemory);
-                    }
+                    // TX buffers are device-readable: the used length is 0 either way. A head
+                    // beyond the ring cannot be returned; copy_tx_chain counted it.
+                    cursor.add_used(&ring, head, 0);
                 }
+                ring.publish_used(cursor.next_used);
             }
-            if polling {
+            cursor.store(vstate.get_queue_mut());
+            if polling || broken {
                 break;
             }
             if budget == 0 {
                 // Out of budget: notifications stay off, the resume doorbell brings us back
                 // after the worker's other events (inbox, RX kick) had their turn.
-                if available_chains(vstate.get_queue(), &*mem) > 0 {
+                if ring.pending(cursor.next_avail).unwrap_or(0) > 0 {
                     let _ = s.tx_resume.write(1);
                     break;
                 }
             }
             *kicks_on = true;
-            match vstate.enable_notification() {
-                Ok(true) if budget > 0 => continue, // more arrived while notifications were off
-                Ok(true) => {
-                    let _ = s.tx_resume.write(1);
-                    break;
+            if ring.enable_notification(cursor.next_avail) {
+                if budget > 0 {
+                    continue; // more arrived while notifications were off
                 }
-                _ => break,
+                let _ = s.tx_resume.write(1);
             }
+            break;
         }
-        let moved = vstate.get_queue().next_used() != used_before;
+        let moved = cursor.next_used != used_before;
         // Receivers written to directly learn about their frames now, once per batch.
         scratch.finish_batch();
         if let (true, Some(now)) = (moved, batch_now) {
             s.pipeline.end_batch(PortRef::Vnic(s.port.id), now);
         }
-        if moved && vstate.needs_notification().unwrap_or(true) {
+        if moved && ring.needs_notification(cursor.next_used, used_checked) {
             if let Err(e) = vstate.signal_used_queue() {
                 debug!(port = %s.port.name(), "TX call notify failed: {e}");
             }
@@ -357,29 +377,38 @@ impl VnicBackend {
         if !vstate.get_queue().ready() || !vstate.is_enabled() {
             return false;
         }
+        let RxState {
+            scratch,
+            segment,
+            map,
+            cursor: saved,
+            used_checked,
+        } = &mut *rx;
+        map.refresh(&s.mem);
+        let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
+            return false;
+        };
         if !s.port.is_rx_ready() {
             s.port.set_rx_ready(true);
             debug!(port = %s.port.name(), "RX ring running");
         }
-        let mem = s.mem.memory();
         let features = s.port.acked_features();
         let hdr_len = vnet_hdr_len(features);
         let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         let offloads = OffloadSet::guest_rx(features);
-        let RxState { scratch, segment } = &mut *rx;
+        let mut cursor = Cursor::resume(vstate.get_queue(), *saved);
         // Signal if anything reached the used ring, delivered frames and returned bad chains
         // alike.
-        let used_before = vstate.get_queue().next_used();
+        let used_before = cursor.next_used;
 
         while let Some(mut frame) = s.port.inbox.pop() {
             let action = plan_rx(&mut frame.data, &frame.meta, offloads);
-            let queue = vstate.get_queue_mut();
             let result = match action {
                 Err(_) => Err(DropReason::SegmentationFailed),
                 Ok(RxAction::Deliver(hdr)) => {
                     match write_rx_frame(
-                        &*mem,
-                        queue,
+                        &ring,
+                        &mut cursor,
                         hdr,
                         hdr_len,
                         &frame.data,
@@ -392,7 +421,7 @@ impl VnicBackend {
                         }
                         Err(RxError::NoBuffers) => {
                             s.port.inbox.unpop(frame);
-                            if arm_if_starved && arm_rx_notification(&mut vstate) {
+                            if arm_if_starved && ring.enable_notification(cursor.next_avail) {
                                 continue; // buffers arrived meanwhile
                             }
                             break;
@@ -406,10 +435,10 @@ impl VnicBackend {
                     let payload = (frame.meta.l3_end as usize)
                         .saturating_sub(layout.l4 as usize + layout.tcp_header_len as usize);
                     let needed = payload.div_ceil(mss as usize).max(1);
-                    let avail = available_chains(queue, &*mem) as usize;
-                    if avail < needed && needed <= queue.size() as usize {
+                    let avail = cursor.available(&ring) as usize;
+                    if avail < needed && needed <= ring.size() as usize {
                         s.port.inbox.unpop(frame);
-                        if arm_if_starved && arm_rx_notification(&mut vstate) {
+                        if arm_if_starved && ring.enable_notification(cursor.next_avail) {
                             continue;
                         }
                         break;
@@ -422,8 +451,8 @@ impl VnicBackend {
                         mss,
                         segment,
                         |seg| match write_rx_frame(
-                            &*mem,
-                            queue,
+                            &ring,
+                            &mut cursor,
                             VirtioNetHdr::default(),
                             hdr_len,
                             seg,
@@ -457,10 +486,13 @@ impl VnicBackend {
             // kick per refill is a wake-up per burst for nothing; direct writes and the next
             // flush look at the ring anyway). With EVENT_IDX this is a no-op: the guest kicks
             // at most once more after the last time we armed it.
-            let _ = vstate.disable_notification();
+            ring.disable_notification();
         }
-        let moved = vstate.get_queue().next_used() != used_before;
-        if moved && vstate.needs_notification().unwrap_or(true) {
+        ring.publish_used(cursor.next_used);
+        cursor.store(vstate.get_queue_mut());
+        *saved = Some(cursor);
+        let moved = cursor.next_used != used_before;
+        if moved && ring.needs_notification(cursor.next_used, used_checked) {
             if let Err(e) = vstate.signal_used_queue() {
                 debug!(port = %s.port.name(), "RX call notify failed: {e}");
             }
@@ -473,23 +505,13 @@ impl VnicBackend {
 /// copied one by one: the guest's core wrote them last, so each is a cache miss, and issued
 /// together the misses overlap instead of queuing behind each other (what DPDK's vhost
 /// library does per burst).
-fn prefetch_burst(mem: &GuestMem, desc_table: u64, burst: &[Option<DescriptorChain<&GuestMem>>]) {
-    const DESC_SIZE: u64 = 16;
-    for chain in burst.iter().flatten() {
-        let desc = desc_table.wrapping_add(DESC_SIZE * u64::from(chain.head_index()));
-        prefetch_guest(mem, GuestAddress(desc), DESC_SIZE as usize);
+fn prefetch_burst(ring: &SplitRing<'_>, heads: &[u16]) {
+    for &head in heads {
+        ring.prefetch_desc(head);
     }
-    for chain in burst.iter().flatten() {
-        if let Some(first) = chain.clone().next() {
-            prefetch_guest(mem, first.addr(), first.len() as usize);
-        }
+    for &head in heads {
+        ring.prefetch_buffer(head);
     }
-}
-
-/// Asks the guest to kick us when it posts RX buffers. Returns true if buffers are already
-/// available (posted between our last look and enabling the notification).
-fn arm_rx_notification(vstate: &mut VringState<GuestMemAtomic>) -> bool {
-    vstate.enable_notification().unwrap_or(false)
 }
 
 impl RxSink for Session {
@@ -514,17 +536,33 @@ impl RxSink for Session {
         if !vstate.get_queue().ready() || !vstate.is_enabled() {
             return DirectWrite::Unavailable;
         }
-        let mem = self.mem.memory();
+        let RxState {
+            scratch,
+            map,
+            cursor: saved,
+            ..
+        } = &mut *rx;
+        map.refresh(&self.mem);
+        let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
+            return DirectWrite::Unavailable;
+        };
         let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
-        match write_rx_frame(
-            &*mem,
-            vstate.get_queue_mut(),
+        let mut cursor = Cursor::resume(vstate.get_queue(), *saved);
+        let result = write_rx_frame(
+            &ring,
+            &mut cursor,
             hdr,
             vnet_hdr_len(features),
             frame,
             mergeable,
-            &mut rx.scratch,
-        ) {
+            scratch,
+        );
+        // The guest may take the frame right away; whether to notify it is decided once per
+        // sender batch, in `notify`.
+        ring.publish_used(cursor.next_used);
+        cursor.store(vstate.get_queue_mut());
+        *saved = Some(cursor);
+        match result {
             Ok(_) => {
                 self.port.counters.count_rx(frame.len());
                 DirectWrite::Written
@@ -539,8 +577,17 @@ impl RxSink for Session {
         let Some(vring) = self.rx_vring.get() else {
             return;
         };
-        let mut vstate = vring.get_mut();
-        if vstate.needs_notification().unwrap_or(true) {
+        let mut rx = lock(&self.rx);
+        let vstate = vring.get_mut();
+        let RxState {
+            map, used_checked, ..
+        } = &mut *rx;
+        map.refresh(&self.mem);
+        let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
+            return;
+        };
+        let next_used = Wrapping(vstate.get_queue().next_used());
+        if ring.needs_notification(next_used, used_checked) {
             if let Err(e) = vstate.signal_used_queue() {
                 debug!(port = %self.port.name(), "RX call notify failed: {e}");
             }
@@ -576,6 +623,7 @@ impl VhostUserBackend for VnicBackend {
     }
 
     fn reset_device(&self) {
+        lock(&self.0.rx).cursor = None;
         let p = &self.0.port;
         p.set_rx_ready(false);
         p.set_acked_features(0);
@@ -624,7 +672,9 @@ impl VhostUserBackend for VnicBackend {
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         if queue_index == RX_QUEUE as u32 {
             // GET_VRING_BASE: the frontend stops the ring (guest reset, migration, shutdown).
-            let _rx = lock(&self.0.rx);
+            let mut rx = lock(&self.0.rx);
+            // The ring is set up anew before it restarts: forget what the guest had posted.
+            rx.cursor = None;
             self.0.port.set_rx_ready(false);
             let dropped = self.0.port.inbox.clear();
             for _ in 0..dropped {

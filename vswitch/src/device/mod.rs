@@ -3,6 +3,8 @@
 //! * [`backend`]: the `VhostUserBackend` implementation (features, config space, the TX and RX
 //!   virtqueue handlers);
 //! * [`queues`]: copying frames out of TX chains and into RX chains, hostile-input safe;
+//! * [`ring`]: split-ring and guest-memory access for the packet path, translated once per
+//!   batch instead of per access;
 //! * [`shim`]: relays vhost-user messages between the frontend and the crate's handler,
 //!   papering over QEMU's early `SET_VRING_ENABLE`;
 //! * [`poller`]: poll mode, shared threads serving every vNIC's queues (OVS-DPDK PMD style);
@@ -27,6 +29,7 @@
 pub mod backend;
 pub mod poller;
 pub mod queues;
+pub mod ring;
 pub mod runner;
 pub mod shim;
 

@@ -9,11 +9,10 @@
 //! * a refused chain is still returned to the guest (used length 0), so the ring never leaks.
 
 use std::num::Wrapping;
-use std::sync::atomic::Ordering;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
+use virtio_queue::{Queue, QueueT};
 
+use super::ring::{Desc, SplitRing};
 use crate::counters::DropReason;
 use crate::net_hdr::VirtioNetHdr;
 
@@ -44,86 +43,100 @@ impl TxBuffer {
     }
 }
 
-/// Reads `dst.len()` bytes of guest memory at `addr` with one region lookup. vm-memory's
-/// `read_slice` goes through its general region-spanning iterator, which cost more than the
-/// copy itself for small frames (~14 % of the established-flow profile); a range that spans
-/// regions still takes that path.
-fn read_guest<M>(mem: &M, addr: GuestAddress, dst: &mut [u8]) -> Result<(), ()>
-where
-    M: GuestMemory + GuestMemoryBackend,
-{
-    match GuestMemoryBackend::get_slice(mem, addr, dst.len()) {
-        Ok(src) => {
-            src.copy_to(dst);
-            Ok(())
+/// Where a batch stands in a ring. Taken from the [`Queue`] before the batch and stored
+/// back after it, so the queue (and the vhost-user handler behind it) always holds the ring's
+/// state between batches.
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor {
+    pub next_avail: Wrapping<u16>,
+    pub next_used: Wrapping<u16>,
+    /// The guest's avail index as last read: the chains before it are posted, so they can
+    /// be taken without reading the index (a cache line the guest keeps writing) again.
+    avail_seen: Wrapping<u16>,
+}
+
+impl Cursor {
+    /// The queue's position, knowing nothing of what the guest posted.
+    pub fn of(queue: &Queue) -> Cursor {
+        let next_avail = Wrapping(queue.next_avail());
+        Cursor {
+            next_avail,
+            next_used: Wrapping(queue.next_used()),
+            avail_seen: next_avail,
         }
-        Err(_) => mem.read_slice(dst, addr).map_err(|_| ()),
+    }
+
+    /// Resumes from `saved` (stored by an earlier batch) if the queue is still where that
+    /// batch left it; otherwise (reset, new ring base) starts afresh.
+    pub fn resume(queue: &Queue, saved: Option<Cursor>) -> Cursor {
+        let fresh = Cursor::of(queue);
+        match saved {
+            Some(c) if c.next_avail == fresh.next_avail && c.next_used == fresh.next_used => c,
+            _ => fresh,
+        }
+    }
+
+    /// Hands the position back to the queue.
+    pub fn store(&self, queue: &mut Queue) {
+        queue.set_next_avail(self.next_avail.0);
+        queue.set_next_used(self.next_used.0);
+    }
+
+    /// Takes the next posted chain's head, reading the guest's avail index only when the
+    /// chains known to be posted ran out. `None` if none is posted (or the ring is broken).
+    #[inline]
+    pub fn pop(&mut self, ring: &SplitRing<'_>) -> Option<u16> {
+        if self.avail_seen == self.next_avail {
+            let idx = ring.avail_idx();
+            if (idx - self.next_avail).0 > ring.size() {
+                return None;
+            }
+            self.avail_seen = idx;
+            if idx == self.next_avail {
+                return None;
+            }
+        }
+        let head = ring.avail_head(self.next_avail);
+        self.next_avail += Wrapping(1);
+        Some(head)
+    }
+
+    /// Chains posted and not taken yet.
+    pub fn available(&mut self, ring: &SplitRing<'_>) -> u16 {
+        if let Some(n) = ring.pending(self.next_avail) {
+            self.avail_seen = self.next_avail + Wrapping(n);
+            n
+        } else {
+            0
+        }
+    }
+
+    /// Returns chain `head` to the guest with `len` bytes written. A head beyond the ring
+    /// cannot be returned (the guest broke its own ring); `false` then.
+    #[inline]
+    pub fn add_used(&mut self, ring: &SplitRing<'_>, head: u16, len: u32) -> bool {
+        if head >= ring.size() {
+            return false;
+        }
+        ring.put_used(self.next_used, head, len);
+        self.next_used += Wrapping(1);
+        true
     }
 }
 
-/// Hints the CPU to start loading up to `len` bytes (at most two cache lines) of guest memory
-/// at `addr`, if the range lies in one region; does nothing otherwise. A prefetch never
-/// faults and has no architectural effect, so a guest-chosen address is harmless.
-pub fn prefetch_guest<M>(mem: &M, addr: GuestAddress, len: usize)
-where
-    M: GuestMemory + GuestMemoryBackend,
-{
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let len = len.clamp(1, 128);
-        let Ok(slice) = GuestMemoryBackend::get_slice(mem, addr, len) else {
-            return;
-        };
-        let guard = slice.ptr_guard();
-        let p = guard.as_ptr().cast::<i8>();
-        let mut off = 0;
-        while off < len {
-            // SAFETY: `_mm_prefetch` is `unsafe` only because it is a `target_feature(sse)`
-            // intrinsic, and SSE is part of the x86_64 baseline. The address lies inside a
-            // mapped guest-memory region (`get_slice` checked it), and a prefetch neither faults
-            // nor writes.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
-            off += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (mem, addr, len);
-}
-
-/// Writes `src` into guest memory at `addr`, like [`read_guest`].
-fn write_guest<M>(mem: &M, addr: GuestAddress, src: &[u8]) -> Result<(), ()>
-where
-    M: GuestMemory + GuestMemoryBackend,
-{
-    match GuestMemoryBackend::get_slice(mem, addr, src.len()) {
-        Ok(dst) => {
-            dst.copy_from(src);
-            Ok(())
-        }
-        Err(_) => mem.write_slice(src, addr).map_err(|_| ()),
-    }
-}
-
-/// Copies the device-readable chain `chain` into `out`. Returns the number of bytes copied.
-pub fn copy_tx_chain<M>(
-    mem: &M,
-    chain: DescriptorChain<&M>,
+/// Copies the device-readable chain at `head` into `out`. Returns the number of bytes copied.
+pub fn copy_tx_chain(
+    ring: &SplitRing<'_>,
+    head: u16,
     out: &mut TxBuffer,
-) -> Result<usize, DropReason>
-where
-    M: GuestMemory + GuestMemoryBackend,
-{
+) -> Result<usize, DropReason> {
     out.len = 0;
-    let mut count = 0usize;
-    let mut last_has_next = false;
-    for desc in chain {
-        count += 1;
-        last_has_next = desc.has_next();
+    for desc in ring.chain(head) {
+        let desc = desc.map_err(|e| e.reason())?;
         if desc.is_write_only() {
             return Err(DropReason::WriteOnlyDescriptor);
         }
-        let len = desc.len() as usize;
+        let len = desc.len as usize;
         if len == 0 {
             return Err(DropReason::ZeroLength);
         }
@@ -132,18 +145,10 @@ where
             .checked_add(len)
             .filter(|e| *e <= out.buf.len())
             .ok_or(DropReason::Oversized)?;
-        read_guest(mem, desc.addr(), &mut out.buf[out.len..end])
+        ring.memory()
+            .read(desc.addr, &mut out.buf[out.len..end])
             .map_err(|_| DropReason::DescriptorOutOfMemory)?;
         out.len = end;
-    }
-    if count == 0 {
-        // The head index or the descriptor table itself is outside guest memory / the ring.
-        return Err(DropReason::DescriptorOutOfMemory);
-    }
-    if last_has_next {
-        // The iterator stopped before a descriptor without NEXT: a loop, a chain longer than
-        // the ring, or a `next` index out of range.
-        return Err(DropReason::DescriptorLoop);
     }
     Ok(out.len)
 }
@@ -151,10 +156,10 @@ where
 /// Scratch state of the RX queue, reused across frames.
 #[derive(Default)]
 pub struct RxScratch {
-    /// Writable buffers of the chains gathered for the current frame.
-    descs: Vec<(GuestAddress, u32)>,
-    /// `(head index, capacity, end index into descs)` per gathered chain.
-    chains: Vec<(u16, u32, usize)>,
+    /// Writable buffers of the chains gathered for the current frame: `(address, length)`.
+    descs: Vec<(u64, u32)>,
+    /// `(head index, end index into descs)` per gathered chain.
+    chains: Vec<(u16, usize)>,
 }
 
 /// Why a frame could not be written into the RX ring.
@@ -167,8 +172,6 @@ pub enum RxError {
     TooSmall,
     /// A posted chain is unusable; it (and the chains gathered with it) were returned empty.
     ChainInvalid,
-    /// Updating the used ring failed (ring addresses outside guest memory).
-    UsedRing,
 }
 
 impl RxError {
@@ -176,52 +179,36 @@ impl RxError {
         match self {
             RxError::NoBuffers => DropReason::BacklogFull,
             RxError::TooSmall => DropReason::RxBufferTooSmall,
-            RxError::ChainInvalid | RxError::UsedRing => DropReason::RxChainInvalid,
+            RxError::ChainInvalid => DropReason::RxChainInvalid,
         }
     }
 }
 
-/// Number of chains the guest has posted that we have not consumed yet.
-pub fn available_chains<M: GuestMemory>(queue: &Queue, mem: &M) -> u16 {
-    match queue.avail_idx(mem, Ordering::Acquire) {
-        Ok(idx) => (idx - Wrapping(queue.next_avail())).0,
-        Err(_) => 0,
-    }
-}
-
-/// Collects the device-writable buffers of one chain into `descs`; `Err` if the chain is
-/// unusable (read-only descriptor, outside memory, does not terminate). Returns its capacity.
-fn gather_rx_chain<M>(
-    mem: &M,
-    chain: DescriptorChain<&M>,
-    descs: &mut Vec<(GuestAddress, u32)>,
-) -> Result<u32, ()>
-where
-    M: GuestMemory + GuestMemoryBackend,
-{
+/// Collects the device-writable buffers of the chain at `head` into `descs`; `Err` if the
+/// chain is unusable (read-only descriptor, outside memory, does not terminate). Returns its
+/// capacity.
+fn gather_rx_chain(
+    ring: &SplitRing<'_>,
+    head: u16,
+    descs: &mut Vec<(u64, u32)>,
+) -> Result<u32, ()> {
     let mut cap = 0u32;
-    let mut count = 0;
-    let mut last_has_next = false;
-    for desc in chain {
-        count += 1;
-        last_has_next = desc.has_next();
+    for desc in ring.chain(head) {
+        let desc = desc.map_err(|_| ())?;
         if !desc.is_write_only() {
             return Err(());
         }
-        if desc.len() == 0 {
+        let Desc { addr, len, .. } = desc;
+        if len == 0 {
             continue;
         }
-        // One region lookup when the buffer sits in one region (the common case); the
-        // general check walks vm-memory's region-spanning iterator.
-        if GuestMemoryBackend::get_slice(mem, desc.addr(), desc.len() as usize).is_err()
-            && !GuestMemoryBackend::check_range(mem, desc.addr(), desc.len() as usize)
-        {
+        if !ring.memory().contains(addr, len as usize) {
             return Err(());
         }
-        cap = cap.checked_add(desc.len()).ok_or(())?;
-        descs.push((desc.addr(), desc.len()));
+        cap = cap.checked_add(len).ok_or(())?;
+        descs.push((addr, len));
     }
-    if count == 0 || last_has_next || cap == 0 {
+    if cap == 0 {
         return Err(());
     }
     Ok(cap)
@@ -230,52 +217,46 @@ where
 /// Writes `hdr` (its first `hdr_len` bytes) and `frame` into the RX ring.
 ///
 /// With `mergeable`, as many chains as needed are used and `num_buffers` says how many;
-/// otherwise the frame must fit one chain. On success returns the number of chains used (the
-/// used-ring entries are added; notifying the guest is the caller's, once per batch).
-pub fn write_rx_frame<M>(
-    mem: &M,
-    queue: &mut Queue,
+/// otherwise the frame must fit one chain. On success returns the number of chains used.
+/// The used elements are written but not published: the caller publishes the cursor's
+/// `next_used` (once per batch) and then decides on notifying the guest.
+pub fn write_rx_frame(
+    ring: &SplitRing<'_>,
+    cursor: &mut Cursor,
     mut hdr: VirtioNetHdr,
     hdr_len: usize,
     frame: &[u8],
     mergeable: bool,
     scratch: &mut RxScratch,
-) -> Result<u16, RxError>
-where
-    M: GuestMemory + GuestMemoryBackend,
-{
+) -> Result<u16, RxError> {
     let total = hdr_len + frame.len();
     scratch.descs.clear();
     scratch.chains.clear();
-    let start_avail = queue.next_avail();
+    let start_avail = cursor.next_avail;
     let mut cap_sum: usize = 0;
 
     while cap_sum < total {
-        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+        let Some(head) = cursor.pop(ring) else {
             // Not enough posted: give back what we took, untouched.
-            queue.set_next_avail(start_avail);
+            cursor.next_avail = start_avail;
             return Err(RxError::NoBuffers);
         };
-        let head = chain.head_index();
         let before = scratch.descs.len();
-        match gather_rx_chain(mem, chain, &mut scratch.descs) {
+        match gather_rx_chain(ring, head, &mut scratch.descs) {
             Ok(cap) => {
-                scratch.chains.push((head, cap, scratch.descs.len()));
+                scratch.chains.push((head, scratch.descs.len()));
                 cap_sum += cap as usize;
             }
             Err(()) => {
                 scratch.descs.truncate(before);
                 // Return the bad chain and any gathered ones empty: rolling back past a
-                // consumed chain is impossible, and leaking them would shrink the ring.
-                let mut res = queue.add_used(mem, head, 0);
-                for &(h, _, _) in &scratch.chains {
-                    res = res.and(queue.add_used(mem, h, 0));
+                // consumed chain is impossible, and leaking them would shrink the ring. A
+                // head beyond the ring cannot be returned at all.
+                cursor.add_used(ring, head, 0);
+                for &(h, _) in &scratch.chains {
+                    cursor.add_used(ring, h, 0);
                 }
-                return Err(if res.is_ok() {
-                    RxError::ChainInvalid
-                } else {
-                    RxError::UsedRing
-                });
+                return Err(RxError::ChainInvalid);
             }
         }
         if !mergeable {
@@ -284,7 +265,7 @@ where
     }
     if cap_sum < total {
         // Only reachable without mergeable buffers: this chain stays for a smaller frame.
-        queue.go_to_previous_position();
+        cursor.next_avail -= Wrapping(1);
         return Err(RxError::TooSmall);
     }
 
@@ -294,8 +275,8 @@ where
     let mut part = 0;
     let mut first_desc = 0;
     let mut write_failed = false;
-    for ci in 0..scratch.chains.len() {
-        let (head, _, end) = scratch.chains[ci];
+    let mem = ring.memory();
+    for &(head, end) in &scratch.chains {
         let mut written = 0u32;
         for &(addr, len) in &scratch.descs[first_desc..end] {
             let mut room = len as usize;
@@ -303,12 +284,14 @@ where
             while room > 0 && part < src_parts.len() {
                 let src = src_parts[part];
                 let n = room.min(src.len());
-                if n > 0 && write_guest(mem, at, &src[..n]).is_err() {
+                // gather_rx_chain checked the range against the same map: cannot fail, but
+                // if it did, the used length of 0 would report it.
+                if n > 0 && mem.write(at, &src[..n]).is_err() {
                     write_failed = true;
                 }
                 room -= n;
                 written += n as u32;
-                at = at.unchecked_add(n as u64);
+                at = at.wrapping_add(n as u64);
                 src_parts[part] = &src[n..];
                 if src_parts[part].is_empty() {
                     part += 1;
@@ -317,23 +300,10 @@ where
         }
         first_desc = end;
         let len = if write_failed { 0 } else { written };
-        if queue.add_used(mem, head, len).is_err() {
-            return Err(RxError::UsedRing);
-        }
+        cursor.add_used(ring, head, len);
     }
     if write_failed {
         return Err(RxError::ChainInvalid);
     }
     Ok(scratch.chains.len() as u16)
-}
-
-trait UncheckedAdd {
-    fn unchecked_add(self, n: u64) -> Self;
-}
-
-impl UncheckedAdd for GuestAddress {
-    fn unchecked_add(self, n: u64) -> Self {
-        // The range was checked by gather_rx_chain, so this cannot overflow.
-        GuestAddress(self.0.wrapping_add(n))
-    }
 }
