@@ -9,7 +9,9 @@ use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
-use vm_memory::{Bytes, GuestAddress};
+use vhost::vhost_user::VhostUserFrontend;
+use vhost::VhostUserMemoryRegionInfo;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use common::*;
 use vswitch::checksum::{fold, pseudo_header_sum};
@@ -293,6 +295,65 @@ fn hostile_tx_chains_are_consumed_and_counted_while_the_other_vnic_works() {
     assert_eq!(c.recv().1, tcp_frame(2, 3, b"b to c"));
     a.send(&VirtioNetHdr::default(), &tcp_frame(1, 2, b"still alive"));
     assert_eq!(b.recv().1, tcp_frame(1, 2, b"still alive"));
+}
+
+/// The packet path maps guest memory once per memory table: a region the frontend adds
+/// later (ADD_MEM_REG, as QEMU sends for hot-plugged memory) must be mapped before the next
+/// batch, for TX buffers and RX buffers alike.
+#[test]
+fn buffers_in_a_memory_region_added_later_are_used() {
+    let mut net = Net::new();
+    let (pa, mut a) = net.vnic(1, GuestConfig::full());
+    let (_pb, mut b) = net.vnic(2, GuestConfig::full());
+    b.post_rx(4, 2048);
+    a.send(&VirtioNetHdr::default(), &tcp_frame(1, 2, b"before"));
+    assert_eq!(b.recv().1, tcp_frame(1, 2, b"before"));
+
+    let base = 64u64 << 20;
+    let frame = tcp_frame(1, 2, b"from hot-plugged memory");
+    let mut chain = VirtioNetHdr::default().to_bytes()[..a.hdr_len()].to_vec();
+    chain.extend_from_slice(&frame);
+    // Not guest memory yet: dropped as such.
+    let d = a.tx.take_descs(1);
+    a.tx.write_desc(&a.mem, d, base, chain.len() as u32, 0, 0);
+    a.tx.publish(&a.mem, d);
+    a.tx.kick();
+    wait_for("outside memory", || {
+        pa.counters.drops(DropReason::DescriptorOutOfMemory) == 1
+    });
+
+    let add = |vm: &mut TestVm, ram: &vm_memory::GuestMemoryMmap<()>| {
+        let region = ram.iter().next().unwrap();
+        let info = VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
+        vm.fe.add_mem_region(&info).unwrap();
+    };
+    let a_extra = guest_ram_at(GuestAddress(base), 1 << 20);
+    a_extra.write_slice(&chain, GuestAddress(base)).unwrap();
+    add(&mut a, &a_extra);
+    // B's next RX buffer lies in its own new region.
+    let b_extra = guest_ram_at(GuestAddress(base), 1 << 20);
+    add(&mut b, &b_extra);
+    let rd = b.rx.take_descs(1);
+    b.rx.write_desc(&b.mem, rd, base + 0x1000, 2048, VRING_F_WRITE, 0);
+    // The three chains posted earlier are taken first: use them up.
+    for i in 0..3u8 {
+        a.send(&VirtioNetHdr::default(), &tcp_frame(1, 2, &[i]));
+        assert_eq!(b.recv().1, tcp_frame(1, 2, &[i]));
+    }
+    b.rx.publish(&b.mem, rd);
+    b.rx.kick();
+
+    let d = a.tx.take_descs(1);
+    a.tx.write_desc(&a.mem, d, base, chain.len() as u32, 0, 0);
+    a.tx.publish(&a.mem, d);
+    a.tx.kick();
+    assert_eq!(b.rx.wait_used(&b.mem), (rd as u32, chain.len() as u32));
+    let mut got = vec![0u8; frame.len()];
+    b_extra
+        .read_slice(&mut got, GuestAddress(base + 0x1000 + a.hdr_len() as u64))
+        .unwrap();
+    assert_eq!(got, frame);
+    assert_eq!(pa.counters.drops(DropReason::DescriptorOutOfMemory), 1);
 }
 
 #[test]

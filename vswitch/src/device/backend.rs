@@ -30,7 +30,7 @@
 use std::io;
 use std::num::Wrapping;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tracing::{debug, warn};
@@ -99,6 +99,9 @@ pub(crate) struct Session {
     port: Arc<VnicPort>,
     pipeline: Arc<Pipeline>,
     mem: GuestMemAtomic,
+    /// Bumped after each memory-table update (`update_memory`), so the queues' [`GuestMap`]s
+    /// know when to re-map without loading the shared snapshot every batch.
+    mem_generation: AtomicU64,
     tx: Mutex<TxState>,
     rx: Mutex<RxState>,
     /// This session's RX vring, captured from the first event the crate dispatches (the crate
@@ -131,6 +134,7 @@ impl VnicBackend {
             port,
             pipeline,
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            mem_generation: AtomicU64::new(0),
             tx: Mutex::new(TxState {
                 buf: TxBuffer::default(),
                 scratch: Scratch::batched(),
@@ -238,7 +242,7 @@ impl VnicBackend {
             map,
             used_checked,
         } = &mut *tx;
-        map.refresh(&s.mem);
+        map.refresh(&s.mem, s.mem_generation.load(Ordering::Acquire));
         // A ring outside guest memory or misaligned cannot carry anything; the guest broke
         // its own queue.
         let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
@@ -384,7 +388,7 @@ impl VnicBackend {
             cursor: saved,
             used_checked,
         } = &mut *rx;
-        map.refresh(&s.mem);
+        map.refresh(&s.mem, s.mem_generation.load(Ordering::Acquire));
         let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
             return false;
         };
@@ -542,7 +546,7 @@ impl RxSink for Session {
             cursor: saved,
             ..
         } = &mut *rx;
-        map.refresh(&self.mem);
+        map.refresh(&self.mem, self.mem_generation.load(Ordering::Acquire));
         let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
             return DirectWrite::Unavailable;
         };
@@ -582,7 +586,7 @@ impl RxSink for Session {
         let RxState {
             map, used_checked, ..
         } = &mut *rx;
-        map.refresh(&self.mem);
+        map.refresh(&self.mem, self.mem_generation.load(Ordering::Acquire));
         let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
             return;
         };
@@ -652,8 +656,10 @@ impl VhostUserBackend for VnicBackend {
     }
 
     fn update_memory(&self, _mem: GuestMemAtomic) -> io::Result<()> {
-        // Same GuestMemoryAtomic we handed the daemon: its content was already replaced, and
-        // we take a fresh snapshot per batch, so no guest pointer outlives a memory update.
+        // Same GuestMemoryAtomic we handed the daemon: its content was already replaced. The
+        // queues re-map at their next batch; until then they use the old table, which their
+        // GuestMap keeps mapped.
+        self.0.mem_generation.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 

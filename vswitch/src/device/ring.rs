@@ -58,6 +58,8 @@ struct HostRegion {
 /// stay mapped while it exists, even after the frontend replaced the table.
 pub struct GuestMap {
     mem: Option<Arc<Mem>>,
+    /// The memory-table generation `mem` was taken at (see [`refresh`](Self::refresh)).
+    generation: u64,
     /// Largest region first: almost every access hits guest RAM's main region.
     regions: Vec<HostRegion>,
 }
@@ -81,6 +83,7 @@ impl GuestMap {
     pub fn new() -> GuestMap {
         GuestMap {
             mem: None,
+            generation: 0,
             regions: Vec::new(),
         }
     }
@@ -92,16 +95,15 @@ impl GuestMap {
         map
     }
 
-    /// Follows the frontend's current memory table; cheap when it did not change (a pointer
-    /// comparison).
-    pub fn refresh(&mut self, atomic: &GuestMemoryAtomic<Mem>) {
-        let current = atomic.memory();
-        if let Some(mem) = &self.mem {
-            if ptr::eq(Arc::as_ptr(mem), &*current) {
-                return;
-            }
+    /// Follows the frontend's current memory table. `generation` counts the table's
+    /// replacements (the backend's `update_memory` bumps it after each one): when it did not
+    /// change, this is one comparison instead of loading the shared snapshot.
+    pub fn refresh(&mut self, atomic: &GuestMemoryAtomic<Mem>, generation: u64) {
+        if self.mem.is_some() && self.generation == generation {
+            return;
         }
-        self.rebuild(current.into_inner());
+        self.rebuild(atomic.memory().into_inner());
+        self.generation = generation;
     }
 
     fn rebuild(&mut self, mem: Arc<Mem>) {

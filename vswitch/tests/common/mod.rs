@@ -35,18 +35,18 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Guest RAM shared with the backend through a memfd, as QEMU's `memory-backend-memfd`.
 pub fn guest_ram(size: usize) -> GuestMemoryMmap<()> {
+    guest_ram_at(GuestAddress(0), size)
+}
+
+/// Like [`guest_ram`], one region at guest address `base` (hot-plugged memory).
+pub fn guest_ram_at(base: GuestAddress, size: usize) -> GuestMemoryMmap<()> {
     // SAFETY: memfd_create with a valid NUL-terminated name; the returned fd is owned by File.
     let fd = unsafe { libc::memfd_create(c"vdfw-test-ram".as_ptr(), libc::MFD_CLOEXEC) };
     assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
     // SAFETY: fd is a fresh, valid descriptor we own.
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(size as u64).unwrap();
-    GuestMemoryMmap::from_ranges_with_files([(
-        GuestAddress(0),
-        size,
-        Some(FileOffset::new(file, 0)),
-    )])
-    .unwrap()
+    GuestMemoryMmap::from_ranges_with_files([(base, size, Some(FileOffset::new(file, 0)))]).unwrap()
 }
 
 /// Driver side of one split virtqueue.
