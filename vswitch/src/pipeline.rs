@@ -70,6 +70,12 @@ impl Scratch {
         }
     }
 
+    /// Makes the frames written directly so far visible to their guests, without signalling
+    /// them (once per burst; [`Scratch::finish_batch`] signals once per batch).
+    pub fn publish_batch(&self) {
+        self.direct.publish();
+    }
+
     /// Signals the receivers written to directly since the last call; returns how many.
     pub fn finish_batch(&mut self) -> usize {
         self.direct.finish()

@@ -81,10 +81,14 @@ pub enum DirectWrite {
 /// (backlog, notification arming, segmentation).
 pub trait RxSink: Send + Sync {
     /// Writes `frame` into the guest's RX ring now, or says why not. Never blocks on the
-    /// receiver's worker.
+    /// receiver's worker. The guest may not see the frame before [`RxSink::publish`].
     fn try_write(&self, frame: &[u8], meta: &FrameMeta) -> DirectWrite;
-    /// Signals the guest for the frames written since the last call (if its EVENT_IDX
-    /// settings ask for it).
+    /// Makes the frames written so far visible to the guest, without signalling it: the
+    /// used index is a cache line the guest keeps reading, so it is stored once per burst of
+    /// frames, not per frame.
+    fn publish(&self);
+    /// Publishes, then signals the guest for the frames written since the last call (if its
+    /// EVENT_IDX settings ask for it).
     fn notify(&self);
 }
 
@@ -127,6 +131,14 @@ impl DirectBatch {
             .any(|s| std::ptr::addr_eq(Arc::as_ptr(s), Arc::as_ptr(sink)))
         {
             self.touched.push(sink.clone());
+        }
+    }
+
+    /// Makes the frames written so far visible to their guests (see [`RxSink::publish`]);
+    /// the receivers stay on the list for [`DirectBatch::finish`].
+    pub fn publish(&self) {
+        for s in &self.touched {
+            s.publish();
         }
     }
 
@@ -247,8 +259,9 @@ impl VnicPort {
     }
 
     /// Like [`VnicPort::deliver`], but writes the frame straight into the guest's RX ring
-    /// when `batch` allows it and the ring can take it now (the receiver is then signalled by
-    /// `batch.finish()`); otherwise queues it in the inbox.
+    /// when `batch` allows it and the ring can take it now (the guest sees it at
+    /// `batch.publish()` or `batch.finish()`, which also signals it); otherwise queues it in
+    /// the inbox.
     pub fn deliver_batched(
         &self,
         frame: &[u8],

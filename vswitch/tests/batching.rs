@@ -95,7 +95,10 @@ fn poll_mode_forwards_unkicked_chains_and_sleeps_when_idle() {
     b.post_rx(64, 2048);
     // Both workers idle for longer than the window: asleep, notifications armed.
     std::thread::sleep(window * 2);
-    assert_eq!(used_flags(&a, &a.tx) & 1, 0, "idle: the guest must kick");
+    // (On a loaded machine the thread may take a little longer to go to sleep.)
+    wait_for("idle: the guest must kick", || {
+        used_flags(&a, &a.tx) & 1 == 0
+    });
 
     a.send(&VirtioNetHdr::default(), &tcp_frame(1, 2, b"kick"));
     assert_eq!(b.recv().1, tcp_frame(1, 2, b"kick"));

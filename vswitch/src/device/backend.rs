@@ -297,6 +297,9 @@ impl VnicBackend {
                     cursor.add_used(&ring, head, 0);
                 }
                 ring.publish_used(cursor.next_used);
+                // Receivers written to directly see their frames now, once per burst; they are
+                // signalled once per batch.
+                scratch.publish_batch();
             }
             cursor.store(vstate.get_queue_mut());
             if polling || broken {
@@ -320,7 +323,6 @@ impl VnicBackend {
             break;
         }
         let moved = cursor.next_used != used_before;
-        // Receivers written to directly learn about their frames now, once per batch.
         scratch.finish_batch();
         if let (true, Some(now)) = (moved, batch_now) {
             s.pipeline.end_batch(PortRef::Vnic(s.port.id), now);
@@ -544,6 +546,7 @@ impl RxSink for Session {
             scratch,
             map,
             cursor: saved,
+            used_checked,
             ..
         } = &mut *rx;
         map.refresh(&self.mem, self.mem_generation.load(Ordering::Acquire));
@@ -552,6 +555,7 @@ impl RxSink for Session {
         };
         let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
         let mut cursor = Cursor::resume(vstate.get_queue(), *saved);
+        let used_before = cursor.next_used;
         let result = write_rx_frame(
             &ring,
             &mut cursor,
@@ -561,11 +565,18 @@ impl RxSink for Session {
             mergeable,
             scratch,
         );
-        // The guest may take the frame right away; whether to notify it is decided once per
-        // sender batch, in `notify`.
-        ring.publish_used(cursor.next_used);
+        // Published once per sender burst (`publish`), the guest signalled once per sender
+        // batch (`notify`): the used index is a cache line the guest keeps reading, so each
+        // store costs us a cross-core miss. A refused chain is returned (empty) right away,
+        // as the sender only publishes receivers it delivered to.
         cursor.store(vstate.get_queue_mut());
         *saved = Some(cursor);
+        if result.is_err() && cursor.next_used != used_before {
+            ring.publish_used(cursor.next_used);
+            if ring.needs_notification(cursor.next_used, used_checked) {
+                let _ = vstate.signal_used_queue();
+            }
+        }
         match result {
             Ok(_) => {
                 self.port.counters.count_rx(frame.len());
@@ -574,6 +585,18 @@ impl RxSink for Session {
             // The owner arms the RX notification and keeps the frame in its backlog.
             Err(RxError::NoBuffers) => DirectWrite::Unavailable,
             Err(e) => DirectWrite::Dropped(e.reason()),
+        }
+    }
+
+    fn publish(&self) {
+        let Some(vring) = self.rx_vring.get() else {
+            return;
+        };
+        let rx = lock(&self.rx);
+        let vstate = vring.get_mut();
+        // The map was refreshed by the write being published.
+        if let Ok(ring) = SplitRing::new(&rx.map, vstate.get_queue()) {
+            ring.publish_used(Wrapping(vstate.get_queue().next_used()));
         }
     }
 
@@ -591,6 +614,7 @@ impl RxSink for Session {
             return;
         };
         let next_used = Wrapping(vstate.get_queue().next_used());
+        ring.publish_used(next_used);
         if ring.needs_notification(next_used, used_checked) {
             if let Err(e) = vstate.signal_used_queue() {
                 debug!(port = %self.port.name(), "RX call notify failed: {e}");
