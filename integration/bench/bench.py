@@ -534,7 +534,11 @@ class Generator:
         self.tp.drain()
         if self.case.mode == "loop":
             # retry: the initial bursts (16 x 32 per port) exceed the 256-slot rings, so wait
-            # for the subject to drain them instead of dropping them.
+            # for the subject to drain them instead of dropping them. testpmd's default wait
+            # (64 x 1 us) is shorter than one scheduler slice: a subject preempted while the loop
+            # is seeded lost every reply and the loop died (0 Mpps). Waiting up to 10 ms costs
+            # nothing in steady state: a full TX ring means the subject is the bottleneck.
+            self.tp.send("set burst tx delay 10 retry 1000")
             self.tp.send("set fwd 5tswap retry")
             self.tp.send(f"start tx_first {self.case.seed[0] or st.tx_first_bursts}")
         else:
