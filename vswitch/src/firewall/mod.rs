@@ -857,7 +857,6 @@ enum Crossed {
 impl PacketFilter for Firewall {
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
         let st = self.state.load();
-        let gen = st.generation();
         let bound = |p: PortRef| match p {
             PortRef::Vnic(id) => st.vnics.get(&id).map(Some).ok_or(()),
             PortRef::Uplink => Ok(None),
@@ -866,17 +865,19 @@ impl PacketFilter for Firewall {
             self.unknown_port_drops.fetch_add(1, Ordering::Relaxed);
             return FilterVerdict::Drop(PolicyDrop::NotRealized);
         };
-        let seen = Seen {
+        // For the flow records of the paths that are not an IP packet's (it has its own).
+        let seen = || Seen {
             now: ctx.now,
             meta: None,
             tuple: pkt.five_tuple(),
         };
+        let gen = || st.generation();
         // Fail closed before anything else, control traffic included.
         if let Some(s) = sender.filter(|b| b.handle.is_none()) {
-            return self.not_realized(&s.fw, Direction::Egress, seen, gen);
+            return self.not_realized(&s.fw, Direction::Egress, seen(), gen());
         }
         if let Some(r) = receiver.filter(|b| b.handle.is_none()) {
-            return self.not_realized(&r.fw, Direction::Ingress, seen, gen);
+            return self.not_realized(&r.fw, Direction::Ingress, seen(), gen());
         }
         let (side, direction) = match (sender, receiver) {
             (Some(s), _) => (s, Direction::Egress),
@@ -889,22 +890,22 @@ impl PacketFilter for Firewall {
                 side.fw.counters.control.fetch_add(1, Ordering::Relaxed);
                 FilterVerdict::Forward
             }
-            Class::Ip { meta, .. } => self.ip_packet(&st, ctx.now, sender, receiver, &meta),
+            Class::Ip { meta } => self.ip_packet(&st, ctx.now, sender, receiver, &meta),
             Class::Fragment => self.dropped(
                 &side.fw,
                 direction,
-                seen,
+                seen(),
                 PolicyDrop::Fragment,
                 FlowDecider::Protocol,
-                gen,
+                gen(),
             ),
             Class::NotIp => self.dropped(
                 &side.fw,
                 direction,
-                seen,
+                seen(),
                 PolicyDrop::NotIp,
                 FlowDecider::Protocol,
-                gen,
+                gen(),
             ),
         }
     }
