@@ -16,12 +16,20 @@
 //!   vhost-user worker does.
 //!
 //! and one policy decision alone (`PolicySnapshot::decide`, ingress at the receiver).
+//!
+//! `firewall_established_rules/{10,100000}`: the harness's `rules` figure in-process. vNIC A
+//! has that many egress rules (the allowing one, UDP 1001 to B, plus fillers naming TCP ports
+//! on /32s in 172.16/12 that nothing matches, as `integration/bench/bench.py` writes them);
+//! one UDP flow A -> B is established and each iteration sends one frame each way (the
+//! testpmd loop). Packets of a tracked connection never look at the policy, so the two
+//! should cost the same. `rule_counters/100000` is what the control plane's counter
+//! snapshot (`counters.json`, once a second) costs the firewall at that size.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use dfw::compile::{Engine, EngineConfig, FlowQuery};
 use dfw::conntrack::CtConfig;
 use dfw::model::Direction;
@@ -326,11 +334,111 @@ fn new_flow_allowed(c: &mut Criterion) {
     drop(log);
 }
 
+/// The harness's `rules` policy (see `vdfwd_policies` in integration/bench/bench.py): A's
+/// egress rules, `rules` in all, the allowing one first; B admits UDP 1001 from A.
+fn rules_policy(rules: usize) -> Vec<dfw::model::Object> {
+    const PER_FILE: usize = 1000;
+    let fillers: Vec<usize> = (0..rules - 1).collect();
+    let mut objects = Vec::new();
+    let chunks: Vec<&[usize]> = if fillers.is_empty() {
+        vec![&[]]
+    } else {
+        fillers.chunks(PER_FILE).collect()
+    };
+    for (c, chunk) in chunks.iter().enumerate() {
+        let mut y = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: a-egress-{c}, namespace: shop}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: a}}}}\n  policyTypes: [Ingress, Egress]\n  ingress: []\n  egress:\n"
+        );
+        if c == 0 {
+            y.push_str(
+                "    - to: [{podSelector: {matchLabels: {app: b}}}, {ipBlock: {cidr: 0.0.0.0/0}}]\n\
+                 \x20     ports: [{protocol: UDP, port: 1001}]\n",
+            );
+        }
+        for &i in *chunk {
+            let ip = format!("172.{}.{}.{}", 16 + (i >> 16) % 16, (i >> 8) & 255, i & 255);
+            let port = 1024 + i % 60000;
+            y.push_str(&format!(
+                "    - to: [{{ipBlock: {{cidr: {ip}/32}}}}]\n      ports: [{{protocol: TCP, port: {port}}}]\n"
+            ));
+        }
+        objects.extend(dfw::crd::parse_documents(&y, "a.yaml").unwrap().objects);
+    }
+    let b = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: b, namespace: shop}\n\
+             spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress, Egress]\n  egress: []\n\
+             \x20 ingress:\n    - from: [{podSelector: {matchLabels: {app: a}}}]\n      ports: [{protocol: UDP, port: 1001}]\n";
+    objects.extend(dfw::crd::parse_documents(b, "b.yaml").unwrap().objects);
+    objects
+}
+
+/// Established traffic at 10 and 100k rules (see the module doc).
+fn established_rules(c: &mut Criterion) {
+    let mut g = c.benchmark_group("firewall_established_rules");
+    g.throughput(Throughput::Elements(2));
+    let mut counters = None;
+    for rules in [10usize, 100_000] {
+        let mut engine = Engine::new(EngineConfig::default());
+        engine.upsert_endpoint(endpoint(1, "a")).unwrap();
+        engine.upsert_endpoint(endpoint(2, "b")).unwrap();
+        engine.apply(rules_policy(rules)).unwrap();
+        let log = FlowLog::start(None, 0).unwrap();
+        let fw = Arc::new(Firewall::new(CtConfig::default(), Some(log.sink())).unwrap());
+        let n = net(fw.clone(), Some(&fw), &mut engine);
+        let udp = |from: u8, to: u8, sport: u16, dport: u16| {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2([0x52, 0x54, 0, 0, 0, from], [0x52, 0x54, 0, 0, 0, to])
+                .ipv4([10, 0, 0, from], [10, 0, 0, to], 64)
+                .udp(sport, dport)
+                .write(&mut f, &[0u8; 18])
+                .unwrap();
+            f
+        };
+        let (ab, ba) = (udp(1, 2, 1000, 1001), udp(2, 1, 1001, 1000));
+        let mut s = Scratch::new();
+        let h = VirtioNetHdr::default();
+        let port_down = Disposition::Dropped(vswitch::counters::DropReason::PortDown);
+        for _ in 0..3 {
+            assert_eq!(n.p.from_vnic(&n.a, &h, &ab, 1, &mut s), port_down);
+            assert_eq!(n.p.from_vnic(&n.b, &h, &ba, 1, &mut s), port_down);
+        }
+        let st = fw.status();
+        assert_eq!(
+            (
+                st[0].counters.allowed_egress,
+                st[1].counters.allowed_ingress
+            ),
+            (1, 1),
+            "one connection, then established"
+        );
+        g.bench_with_input(BenchmarkId::from_parameter(rules), &rules, |bch, _| {
+            bch.iter(|| {
+                (
+                    n.p.from_vnic(&n.a, &h, &ab, 2, &mut s),
+                    n.p.from_vnic(&n.b, &h, &ba, 2, &mut s),
+                )
+            })
+        });
+        let total: u64 = fw.rule_counters().values().map(|c| c.packets).sum();
+        assert!(total > 6, "established packets are counted on their rules");
+        if rules == 100_000 {
+            counters = Some((fw, n, log));
+        }
+    }
+    g.finish();
+    if let Some((fw, _n, _log)) = counters {
+        let mut g = c.benchmark_group("rule_counters");
+        g.sample_size(10);
+        g.bench_function("100000", |b| b.iter(|| fw.rule_counters().len()));
+        g.finish();
+    }
+}
+
 criterion_group! {
     name = firewall_benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = benches
+    targets = benches, established_rules
 }
 criterion_main!(firewall_benches);

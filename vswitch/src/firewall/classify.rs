@@ -1,6 +1,6 @@
 //! What the firewall makes of a parsed frame: link-layer control traffic it lets through
-//! without policy, or an IP packet described for conntrack ([`PacketMeta`]) and the policy
-//! lookup ([`FlowQuery`]).
+//! without policy, or an IP packet described for conntrack ([`PacketMeta`]). (The policy
+//! question of a new flow is built from the same meta by dfw, only when conntrack needs it.)
 //!
 //! # Control traffic (no policy, no connection tracking)
 //! Kubernetes network policy governs IP flows; it says nothing about the link-layer
@@ -17,7 +17,6 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use dfw::compile::FlowQuery;
 use dfw::conntrack::{PacketMeta, TcpFlags};
 
 use crate::packet::{Net, ParsedPacket, Transport};
@@ -36,7 +35,6 @@ pub enum Class {
     Control(Control),
     Ip {
         meta: PacketMeta,
-        query: FlowQuery,
     },
     /// Non-first IP fragment: no L4 header to decide on.
     Fragment,
@@ -89,7 +87,6 @@ pub fn classify(pkt: &ParsedPacket, from_uplink: bool) -> Class {
         return Class::Fragment;
     }
     let len = pkt.layout.l3_end.saturating_sub(u32::from(pkt.layout.l3));
-    let mut query = FlowQuery::from_tuple(&tuple);
     let meta = match &pkt.transport {
         Transport::Tcp(t) => {
             let mut m = PacketMeta::tcp(
@@ -104,20 +101,14 @@ pub fn classify(pkt: &ParsedPacket, from_uplink: bool) -> Class {
             m.wscale = t.wscale;
             m
         }
-        Transport::Icmpv4(i) | Transport::Icmpv6(i) => {
-            query.icmp_type = i.icmp_type;
-            query.icmp_code = i.code;
-            match i.inner {
-                Some(inner) => {
-                    PacketMeta::icmp_error(tuple, i.icmp_type, i.code, inner.five_tuple())
-                }
-                None => PacketMeta::icmp(tuple, i.icmp_type, i.code),
-            }
-            .with_len(len)
+        Transport::Icmpv4(i) | Transport::Icmpv6(i) => match i.inner {
+            Some(inner) => PacketMeta::icmp_error(tuple, i.icmp_type, i.code, inner.five_tuple()),
+            None => PacketMeta::icmp(tuple, i.icmp_type, i.code),
         }
+        .with_len(len),
         Transport::Udp(_) | Transport::None => PacketMeta::datagram(tuple, len),
     };
-    Class::Ip { meta, query }
+    Class::Ip { meta }
 }
 
 #[cfg(test)]
@@ -148,15 +139,15 @@ mod tests {
             .unwrap()
             .write(&mut f, b"abc")
             .unwrap();
-        let Class::Ip { meta, query } = classify(&parse(&f), false) else {
+        let Class::Ip { meta } = classify(&parse(&f), false) else {
             panic!("not IP")
         };
         assert_eq!(meta.tcp_flags, TcpFlags::SYN);
         assert_eq!((meta.seq, meta.window, meta.payload_len), (7, 64240, 3));
         assert_eq!(meta.wscale, Some(7));
         assert_eq!(meta.len as usize, f.len() - 14);
-        assert_eq!(query.protocol, IpProtocol::Tcp);
-        assert_eq!((query.src_port, query.dst_port), (40000, 8080));
+        assert_eq!(meta.tuple.protocol, IpProtocol::Tcp);
+        assert_eq!((meta.tuple.src_port, meta.tuple.dst_port), (40000, 8080));
     }
 
     #[test]
@@ -167,11 +158,11 @@ mod tests {
             .icmpv4_echo_request(0x77, 1)
             .write(&mut f, b"ping")
             .unwrap();
-        let Class::Ip { meta, query } = classify(&parse(&f), false) else {
+        let Class::Ip { meta } = classify(&parse(&f), false) else {
             panic!()
         };
         assert_eq!((meta.tuple.src_port, meta.tuple.dst_port), (0x77, 0));
-        assert_eq!((query.icmp_type, meta.icmp_type), (8, 8));
+        assert_eq!((meta.icmp_type, meta.icmp_code), (8, 0));
         assert!(meta.icmp_inner.is_none());
 
         let mut quote = Vec::new();

@@ -23,10 +23,19 @@
 //! # Policy changes
 //! [`Firewall::install`] swaps the snapshot; [`Firewall::recheck`] then re-decides every
 //! tracked connection under the new policy, in the zone and direction it was admitted in,
-//! cutting the ones no longer allowed and keeping the rest with their state. A packet thread
-//! loads the policy *while holding its zone's lock*, so a connection admitted under the old
-//! policy is either already in the table when the recheck scans it, or is decided with the
-//! new policy: none slips between install and recheck.
+//! cutting the ones no longer allowed and keeping the rest with their state. A packet loads
+//! the published state once, and each zone records (under its lock) the epoch of the state
+//! it was last re-checked under; a crossing that finds its state older than that loads the
+//! state again *while holding the zone's lock*. So a connection admitted under the old policy
+//! is either already in the table when the recheck scans it, or is decided with the new
+//! policy: none slips between install and recheck.
+//!
+//! # Cost of a packet of a tracked connection
+//! One load of the published state per packet; per zone crossed, one lock (the zone's: its
+//! connection table, cut set and rule-hit counts are behind it) and one conntrack lookup.
+//! Nothing else is shared or atomic: the per-rule counters are counted per zone, keyed by the
+//! connection's mark, and added to the shared ones per batch and before reads (see [`hits`]);
+//! nothing looks at the rule tables, so the cost does not depend on the policy's size.
 //!
 //! # Time
 //! `now` comes from the pipeline (monotonic ns, read once per batch) and is passed into dfw;
@@ -35,6 +44,7 @@
 pub mod classify;
 pub mod cut;
 pub mod decision;
+mod hits;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,6 +70,7 @@ use crate::packet::ParsedPacket;
 use crate::port::{PortId, PortRef};
 use classify::{classify, Class};
 use decision::SideDecision;
+use hits::RuleHits;
 
 /// Table slots a vNIC's batch sweeps for expired connections.
 pub const EXPIRE_BUDGET_PER_BATCH: usize = 128;
@@ -154,56 +165,47 @@ fw_counters! {
     log_suppressed,
 }
 
-/// The firewall state of one vNIC: its stateful firewall (connection table) and counters.
-/// Lives as long as the vNIC is bound, across policy changes.
+/// The firewall state of one vNIC: its zone (connection table and what goes with it) and
+/// counters. Lives as long as the vNIC is bound, across policy changes.
 pub struct VnicFw {
     pub id: PortId,
     pub name: String,
     pub key: EndpointKey,
-    sf: Mutex<StatefulFirewall>,
-    /// TCP connections the last re-checks cut, answered with an RST (see [`cut`]).
-    cut: Mutex<cut::CutSet>,
+    /// Everything a packet crossing the zone reads or writes, under the one lock it takes.
+    zone: Mutex<ZoneState>,
     pub counters: VnicFwCounters,
     limits: [RateLimiter; LIMITERS],
-    /// The table held more than [`BIG_TABLE`] connections when last used (a hint).
+    /// The table held more than [`BIG_TABLE`] connections when last grown or swept (a hint).
     big_table: AtomicBool,
-    /// The counters of the rule this zone's last established packet counted for, valid for
-    /// one published [`FwState`] (its `epoch`). Established packets of a flow keep hitting
-    /// one rule, and the rule map of a large policy (100k rules) is a cache miss per lookup
-    /// (measured: established 64 B frames at 100k rules ran at 0.77x the 10-rule rate).
-    last_rule: Mutex<Option<CachedRule>>,
 }
 
-/// See [`VnicFw::last_rule`].
-struct CachedRule {
-    epoch: u64,
-    rule: RuleId,
-    stats: Arc<RuleStats>,
+/// One vNIC's zone, behind [`VnicFw::zone`].
+struct ZoneState {
+    sf: StatefulFirewall,
+    /// TCP connections the last re-checks cut, answered with an RST (see [`cut`]).
+    cut: cut::CutSet,
+    /// Per-rule hit counts of the zone's packets, not yet added to the shared counters.
+    hits: RuleHits,
+    /// [`FwState::epoch`] of the state the zone was last re-checked under. A crossing that
+    /// loaded an older state loads it again (see "Policy changes" in the module doc).
+    rechecked: u64,
 }
 
 impl VnicFw {
-    /// Counts an established packet for `rule`, through [`VnicFw::last_rule`].
-    fn count_established(&self, st: &FwState, rule: RuleId, bytes: u32) {
-        let mut cache = lock(&self.last_rule);
-        if let Some(c) = cache
-            .as_ref()
-            .filter(|c| c.epoch == st.epoch && c.rule == rule)
-        {
-            c.stats.hit(false, bytes);
-            return;
-        }
-        *cache = st.rules.get(&rule).map(|stats| {
-            stats.hit(false, bytes);
-            CachedRule {
-                epoch: st.epoch,
-                rule,
-                stats: stats.clone(),
-            }
-        });
-    }
-
     fn zone(&self) -> Zone {
         Zone(self.id.0)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ZoneState> {
+        lock(&self.zone)
+    }
+
+    /// Updates [`VnicFw::big_table`] after the table grew or shrank.
+    fn note_size(&self, z: &ZoneState) {
+        let big = z.sf.conntrack().len() > BIG_TABLE;
+        if big != self.big_table.load(Ordering::Relaxed) {
+            self.big_table.store(big, Ordering::Relaxed);
+        }
     }
 }
 
@@ -223,8 +225,9 @@ struct FwState {
     snapshot: Option<Arc<PolicySnapshot>>,
     vnics: FastMap<PortId, Bound>,
     rules: FastMap<RuleId, Arc<RuleStats>>,
-    /// Distinct per published state (a process-wide sequence), so per-zone caches of
-    /// `rules` entries know when they are stale.
+    /// Distinct per published state and increasing (a process-wide sequence, published
+    /// under the registry lock): per-zone caches of `rules` entries know when they are
+    /// stale, and a zone knows whether a state is older than its last re-check.
     epoch: u64,
 }
 
@@ -375,12 +378,15 @@ impl Firewall {
             id,
             name: name.to_owned(),
             key,
-            sf: Mutex::new(sf),
-            cut: Mutex::new(cut::CutSet::default()),
+            zone: Mutex::new(ZoneState {
+                sf,
+                cut: cut::CutSet::default(),
+                hits: RuleHits::default(),
+                rechecked: 0,
+            }),
             counters: VnicFwCounters::default(),
             limits: std::array::from_fn(|_| RateLimiter::default()),
             big_table: AtomicBool::new(false),
-            last_rule: Mutex::new(None),
         });
         let mut reg = lock(&self.registry);
         reg.vnics.insert(id, fw);
@@ -391,9 +397,14 @@ impl Firewall {
     /// Forgets a vNIC and its connections. Returns whether it was bound.
     pub fn unbind_vnic(&self, id: PortId) -> bool {
         let mut reg = lock(&self.registry);
-        let found = reg.vnics.remove(&id).is_some();
+        let removed = reg.vnics.remove(&id);
         self.publish(&mut reg);
-        found
+        drop(reg);
+        // Its rules' counts so far stay counted (packet threads may still hold it a while).
+        if let Some(fw) = &removed {
+            fw.lock().hits.flush();
+        }
+        removed.is_some()
     }
 
     /// Installs a new realized policy for every vNIC. Established connections keep flowing
@@ -424,20 +435,22 @@ impl Firewall {
         let mut report = RecheckReport::default();
         for b in st.vnics.values() {
             let zone = b.fw.zone();
-            let mut sf = lock(&b.fw.sf);
-            let before = sf.conntrack().len();
+            let mut z = b.fw.lock();
+            let z = &mut *z;
+            // The marks are about to change: count what the old ones counted.
+            z.hits.reset();
+            z.rechecked = z.rechecked.max(st.epoch);
+            let before = z.sf.conntrack().len();
             report.checked += before;
             let cut = match (b.handle, st.snapshot.as_deref()) {
-                (Some(h), Some(snap)) => {
-                    let mut cut_set = lock(&b.fw.cut);
-                    sf.recheck_with_cut(
-                        snap,
-                        |z| (z == zone).then_some(h),
-                        |_, orig| cut_set.insert(orig),
-                    )
-                }
-                _ => sf.conntrack_mut().flush_zone(zone),
+                (Some(h), Some(snap)) => z.sf.recheck_with_cut(
+                    snap,
+                    |zn| (zn == zone).then_some(h),
+                    |_, orig| z.cut.insert(orig),
+                ),
+                _ => z.sf.conntrack_mut().flush_zone(zone),
             };
+            b.fw.note_size(z);
             report.cut += cut;
             report.kept += before - cut;
         }
@@ -456,7 +469,12 @@ impl Firewall {
         let st = self.state.load();
         st.vnics
             .values()
-            .map(|b| lock(&b.fw.sf).conntrack_mut().expire(now, budget_per_vnic))
+            .map(|b| {
+                let mut z = b.fw.lock();
+                let n = z.sf.conntrack_mut().expire(now, budget_per_vnic);
+                b.fw.note_size(&z);
+                n
+            })
             .sum()
     }
 
@@ -464,7 +482,7 @@ impl Firewall {
     pub fn connection(&self, id: PortId, tuple: &FiveTuple, now: u64) -> Option<ConnInfo> {
         let st = self.state.load();
         let b = st.vnics.get(&id)?;
-        let found = lock(&b.fw.sf).conntrack().lookup(b.fw.zone(), tuple, now);
+        let found = b.fw.lock().sf.conntrack().lookup(b.fw.zone(), tuple, now);
         found.map(|(_, info)| info)
     }
 
@@ -472,7 +490,7 @@ impl Firewall {
     pub fn connections(&self, id: PortId) -> Vec<ConnInfo> {
         let st = self.state.load();
         match st.vnics.get(&id) {
-            Some(b) => lock(&b.fw.sf).conntrack().iter().collect(),
+            Some(b) => b.fw.lock().sf.conntrack().iter().collect(),
             None => Vec::new(),
         }
     }
@@ -484,8 +502,8 @@ impl Firewall {
             .vnics
             .values()
             .map(|b| {
-                let sf = lock(&b.fw.sf);
-                let ct = sf.conntrack();
+                let z = b.fw.lock();
+                let ct = z.sf.conntrack();
                 let s = ct.stats();
                 let identity = b.handle.and_then(|h| {
                     st.snapshot
@@ -528,6 +546,9 @@ impl Firewall {
     /// Hit counters of every rule applying to a bound vNIC, by rule id.
     pub fn rule_counters(&self) -> BTreeMap<RuleId, RuleCounters> {
         let st = self.state.load();
+        for b in st.vnics.values() {
+            b.fw.lock().hits.flush();
+        }
         st.rules.iter().map(|(id, r)| (*id, r.snapshot())).collect()
     }
 
@@ -617,12 +638,14 @@ impl Firewall {
         );
     }
 
-    /// A flow refused by `fw`'s side `d`.
+    /// A flow refused by `fw`'s side `d`; `cut`: the packet is a segment of a connection a
+    /// policy change cut ([`cut::CutSet::answers`]).
     fn refused(
         &self,
         st: &FwState,
         fw: &VnicFw,
         d: &SideDecision,
+        cut: bool,
         seen: Seen<'_>,
     ) -> FilterVerdict {
         let c = &fw.counters;
@@ -632,8 +655,7 @@ impl Firewall {
         };
         st.count_rule(d.by.rule_id(), true, seen.meta.map_or(0, |m| m.len));
         // The next segment of a connection a policy change cut is reset, not left to time out.
-        let reset_cut =
-            d.reject_kind().is_none() && seen.meta.is_some_and(|m| lock(&fw.cut).answers(m));
+        let reset_cut = d.reject_kind().is_none() && cut;
         if reset_cut {
             c.cut_reset.fetch_add(1, Ordering::Relaxed);
         }
@@ -688,9 +710,11 @@ impl Firewall {
         FilterVerdict::Drop(why)
     }
 
-    /// An IP packet between `sender` (a local vNIC, if it comes from one) and `receiver`.
+    /// An IP packet between `sender` (a local vNIC, if it comes from one) and `receiver`,
+    /// both bound in `st`.
     fn ip_packet(
         &self,
+        st: &FwState,
         now: u64,
         sender: Option<&Bound>,
         receiver: Option<&Bound>,
@@ -710,19 +734,20 @@ impl Firewall {
             // table bigger than the caches its miss overlaps with the sender's. (Not worth an
             // extra lock on a small table, which stays in the caches.)
             if r.fw.big_table.load(Ordering::Relaxed) {
-                lock(&r.fw.sf)
+                r.fw.lock()
+                    .sf
                     .conntrack()
                     .prefetch(r.fw.zone(), &meta.tuple);
             }
         }
         if let Some(s) = sender {
-            match self.cross(s, Direction::Egress, meta, seen) {
+            match self.cross(st, s, Direction::Egress, meta, seen) {
                 Crossed::Pass(admitted) => at_sender = admitted.map(|a| (s, a)),
                 Crossed::Stop(v) => return v,
             }
         }
         if let Some(r) = receiver {
-            match self.cross(r, Direction::Ingress, meta, seen) {
+            match self.cross(st, r, Direction::Ingress, meta, seen) {
                 Crossed::Pass(admitted) => at_receiver = admitted.map(|a| (r, a)),
                 Crossed::Stop(v) => return v,
             }
@@ -733,57 +758,82 @@ impl Firewall {
         FilterVerdict::Forward
     }
 
-    /// The packet crossing one vNIC's zone in `direction`.
-    fn cross(&self, b: &Bound, direction: Direction, meta: &PacketMeta, seen: Seen<'_>) -> Crossed {
-        let mut sf = lock(&b.fw.sf);
-        // Loaded under the zone's lock: see "Policy changes" in the module doc.
-        let st = self.state.load();
+    /// The packet crossing one vNIC's zone in `direction`, under `st` (the state `b` is
+    /// from) unless the zone was re-checked under a newer one since `st` was loaded.
+    ///
+    /// One lock (the zone's), no atomic read-modify-write besides it and no shared map
+    /// lookup for a packet of a tracked connection: its rule is counted in the zone
+    /// ([`RuleHits`]), keyed by the connection's mark.
+    fn cross(
+        &self,
+        st: &FwState,
+        b: &Bound,
+        direction: Direction,
+        meta: &PacketMeta,
+        seen: Seen<'_>,
+    ) -> Crossed {
+        let mut guard = b.fw.lock();
+        // See "Policy changes" in the module doc: a state older than the zone's last
+        // re-check could admit a connection that re-check did not see.
+        let fresh;
+        let (st, handle) = if st.epoch >= guard.rechecked {
+            (st, b.handle)
+        } else {
+            fresh = self.state.load();
+            (&**fresh, fresh.handle(b.fw.id))
+        };
         let gen = st.generation();
-        let (Some(snap), Some(endpoint)) = (st.snapshot.as_deref(), st.handle(b.fw.id)) else {
-            drop(sf);
+        let (Some(snap), Some(endpoint)) = (st.snapshot.as_deref(), handle) else {
+            drop(guard);
             return Crossed::Stop(self.not_realized(&b.fw, direction, seen, gen));
         };
         let vnic = Vnic {
             zone: b.fw.zone(),
             endpoint,
         };
-        let out = sf.process(snap, vnic, direction, meta, seen.now);
-        let big = sf.conntrack().len() > BIG_TABLE;
-        if big != b.fw.big_table.load(Ordering::Relaxed) {
-            b.fw.big_table.store(big, Ordering::Relaxed);
-        }
+        let z = &mut *guard;
+        let out = z.sf.process(snap, vnic, direction, meta, seen.now);
         match out.ct {
-            CtVerdict::New { .. } | CtVerdict::Untracked { .. } => {
-                drop(sf);
+            CtVerdict::Established { mark, .. } | CtVerdict::Related { mark, .. } => {
+                let sf = &z.sf;
+                z.hits.count(mark, st.epoch, false, meta.len, || {
+                    let rule = sf.describe(Mark(mark)).and_then(|i| i.rule_id())?;
+                    st.rules.get(&rule).cloned()
+                });
+                Crossed::Pass(None)
+            }
+            CtVerdict::New { mark, .. } | CtVerdict::Untracked { mark } => {
+                b.fw.note_size(z);
                 match out.decision {
                     Some(d) => {
                         let d = SideDecision::from_dfw(&d);
-                        st.count_rule(d.by.rule_id(), true, meta.len);
+                        z.hits.count(mark, st.epoch, true, meta.len, || {
+                            st.rules.get(&d.by.rule_id()?).cloned()
+                        });
                         Crossed::Pass(Some((d, gen)))
                     }
                     None => Crossed::Pass(None),
                 }
             }
-            CtVerdict::Established { mark, .. } | CtVerdict::Related { mark, .. } => {
-                let rule = sf.describe(Mark(mark)).and_then(|i| i.rule_id());
-                drop(sf);
-                if let Some(rule) = rule {
-                    b.fw.count_established(&st, rule, meta.len);
-                }
-                Crossed::Pass(None)
-            }
             CtVerdict::Denied { .. } => {
-                drop(sf);
-                Crossed::Stop(match (out.decision, out.action) {
+                let refused = match (out.decision, out.action) {
                     (Some(d), FlowAction::Drop | FlowAction::Reject) => {
-                        self.refused(&st, &b.fw, &SideDecision::from_dfw(&d), seen)
+                        let d = SideDecision::from_dfw(&d);
+                        let cut = d.reject_kind().is_none() && z.cut.answers(meta);
+                        Some((d, cut))
                     }
+                    _ => None,
+                };
+                // The flow log and rule counters are not the zone's: not under its lock.
+                drop(guard);
+                Crossed::Stop(match refused {
+                    Some((d, cut)) => self.refused(st, &b.fw, &d, cut, seen),
                     // No decision: the endpoint left the snapshot under us. Fail closed.
-                    _ => self.not_realized(&b.fw, direction, seen, gen),
+                    None => self.not_realized(&b.fw, direction, seen, gen),
                 })
             }
             CtVerdict::Dropped(r) => {
-                drop(sf);
+                drop(guard);
                 Crossed::Stop(self.dropped(
                     &b.fw,
                     direction,
@@ -807,7 +857,6 @@ enum Crossed {
 impl PacketFilter for Firewall {
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
         let st = self.state.load();
-        let gen = st.generation();
         let bound = |p: PortRef| match p {
             PortRef::Vnic(id) => st.vnics.get(&id).map(Some).ok_or(()),
             PortRef::Uplink => Ok(None),
@@ -816,17 +865,19 @@ impl PacketFilter for Firewall {
             self.unknown_port_drops.fetch_add(1, Ordering::Relaxed);
             return FilterVerdict::Drop(PolicyDrop::NotRealized);
         };
-        let seen = Seen {
+        // For the flow records of the paths that are not an IP packet's (it has its own).
+        let seen = || Seen {
             now: ctx.now,
             meta: None,
             tuple: pkt.five_tuple(),
         };
+        let gen = || st.generation();
         // Fail closed before anything else, control traffic included.
         if let Some(s) = sender.filter(|b| b.handle.is_none()) {
-            return self.not_realized(&s.fw, Direction::Egress, seen, gen);
+            return self.not_realized(&s.fw, Direction::Egress, seen(), gen());
         }
         if let Some(r) = receiver.filter(|b| b.handle.is_none()) {
-            return self.not_realized(&r.fw, Direction::Ingress, seen, gen);
+            return self.not_realized(&r.fw, Direction::Ingress, seen(), gen());
         }
         let (side, direction) = match (sender, receiver) {
             (Some(s), _) => (s, Direction::Egress),
@@ -839,22 +890,22 @@ impl PacketFilter for Firewall {
                 side.fw.counters.control.fetch_add(1, Ordering::Relaxed);
                 FilterVerdict::Forward
             }
-            Class::Ip { meta, .. } => self.ip_packet(ctx.now, sender, receiver, &meta),
+            Class::Ip { meta } => self.ip_packet(&st, ctx.now, sender, receiver, &meta),
             Class::Fragment => self.dropped(
                 &side.fw,
                 direction,
-                seen,
+                seen(),
                 PolicyDrop::Fragment,
                 FlowDecider::Protocol,
-                gen,
+                gen(),
             ),
             Class::NotIp => self.dropped(
                 &side.fw,
                 direction,
-                seen,
+                seen(),
                 PolicyDrop::NotIp,
                 FlowDecider::Protocol,
-                gen,
+                gen(),
             ),
         }
     }
@@ -863,9 +914,11 @@ impl PacketFilter for Firewall {
         if let PortRef::Vnic(id) = ingress {
             let st = self.state.load();
             if let Some(b) = st.vnics.get(&id) {
-                lock(&b.fw.sf)
-                    .conntrack_mut()
-                    .expire(now, EXPIRE_BUDGET_PER_BATCH);
+                let mut z = b.fw.lock();
+                z.sf.conntrack_mut().expire(now, EXPIRE_BUDGET_PER_BATCH);
+                b.fw.note_size(&z);
+                // Readers flush too; this keeps the shared counters current within a batch.
+                z.hits.flush();
             }
         }
     }

@@ -586,3 +586,80 @@ fn established_packets_keep_counting_on_their_rule_across_a_republish() {
     assert_eq!(n.send(&web, &ack), to(&db));
     assert_eq!(packets(&n), before + 4, "counted after the republish too");
 }
+
+/// The rule counters count per zone and are flushed for readers: no batch end is needed for
+/// the receiver's zone, and a re-check (which renumbers the marks) loses nothing.
+#[test]
+fn rule_counts_are_exact_for_readers_and_survive_a_recheck() {
+    let mut n = Net::new(true);
+    let (web, db) = (n.web.clone(), n.db.clone());
+    assert_eq!(n.send(&web, &syn(1, 2, 40000, 5432)), to(&db));
+    assert_eq!(n.send(&db, &syn_ack(2, 1, 5432, 40000)), to(&web));
+    let allow = |n: &Net| -> RuleCounters {
+        let rules = n.fw.rule_counters();
+        let mut with_sessions = rules.values().filter(|c| c.sessions != 0);
+        let c = *with_sessions.next().expect("db's allow rule");
+        assert!(with_sessions.next().is_none(), "{rules:?}");
+        c
+    };
+    let first = allow(&n);
+    assert_eq!((first.sessions, first.packets), (1, 2));
+    for seq in 0..3 {
+        let ack = tcp(1, 2, 40000, 5432, 101 + seq, Some(501), false);
+        assert_eq!(n.send(&web, &ack), to(&db));
+    }
+    let c = allow(&n);
+    assert_eq!((c.sessions, c.packets), (1, 5));
+    assert_eq!(
+        c.bytes - first.bytes,
+        3 * 40,
+        "IPv4 + TCP headers, no payload"
+    );
+    // A re-check under the same policy keeps the connection (and re-marks it).
+    let report = n.fw.apply(n.engine.snapshot());
+    assert_eq!((report.cut, report.kept), (0, 2));
+    assert_eq!(allow(&n).packets, 5);
+    let ack = tcp(1, 2, 40000, 5432, 104, Some(501), false);
+    assert_eq!(n.send(&web, &ack), to(&db));
+    assert_eq!(
+        n.send(&db, &tcp(2, 1, 5432, 40000, 501, Some(101), false)),
+        to(&web)
+    );
+    assert_eq!(
+        allow(&n).packets,
+        7,
+        "counted on the same rule after the re-check"
+    );
+}
+
+/// A packet decides with the state it loaded before the zone lock, unless the zone was
+/// re-checked under a newer one meanwhile: then that connection would escape the re-check.
+#[test]
+fn a_crossing_with_a_state_older_than_the_zones_recheck_decides_under_the_new_one() {
+    let mut n = Net::new(true);
+    let old = n.fw.state.load_full();
+    let changed = POLICY.replace("{protocol: TCP, port: 5432}, ", "");
+    n.engine
+        .apply(
+            dfw::crd::parse_documents(&changed, "p.yaml")
+                .unwrap()
+                .objects,
+        )
+        .unwrap();
+    n.fw.apply(n.engine.snapshot());
+    let frame = syn(1, 2, 40000, 5432);
+    let Class::Ip { meta, .. } = classify(&ParsedPacket::parse(&frame).unwrap(), false) else {
+        panic!("not IP")
+    };
+    let (web, db) = (old.vnics.get(&n.web.id), old.vnics.get(&n.db.id));
+    // Under the old state, db's ingress would admit it.
+    let snap = old.snapshot.as_deref().unwrap();
+    let q = dfw::compile::FlowQuery::from_tuple(&meta.tuple);
+    let d = snap.decide(db.unwrap().handle.unwrap(), Direction::Ingress, &q);
+    assert_eq!(d.unwrap().effective(), FlowAction::Allow);
+    assert_eq!(
+        n.fw.ip_packet(&old, n.now, web, db, &meta),
+        FilterVerdict::Drop(PolicyDrop::Denied)
+    );
+    assert!(n.fw.connections(n.db.id).is_empty());
+}
