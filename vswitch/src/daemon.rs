@@ -157,8 +157,12 @@ pub struct DaemonStatus {
     pub policy: PolicyStatus,
     /// Every port (vNICs with their firewall state, then the uplink).
     pub ports: Vec<PortStatus>,
-    /// Per-rule hit counters, for rules applying to a local vNIC.
+    /// Per-rule hit counters of the rules applying to a local vNIC that matched anything.
+    /// Rules without a hit are only counted (`rules_idle`): with a 100k-rule policy, listing
+    /// them all every second cost a fifth of a core (the API lists every rule on request).
     pub rules: Vec<RuleStatus>,
+    /// Rules applying to a local vNIC that never matched.
+    pub rules_idle: usize,
     pub flow_log: FlowLogStats,
 }
 
@@ -554,10 +558,11 @@ impl Daemon {
             }
         }
         let catalog = self.flow_log().catalog();
-        let rules = self
-            .firewall()
-            .rule_counters()
+        let counters = self.firewall().rule_counters();
+        let rules_total = counters.len();
+        let rules: Vec<RuleStatus> = counters
             .into_iter()
+            .filter(|(_, c)| c.sessions != 0 || c.packets != 0)
             .map(|(id, c)| RuleStatus {
                 rule_id: id.to_string(),
                 info: catalog.rules.get(&id).cloned(),
@@ -580,6 +585,7 @@ impl Daemon {
                 last_error,
             },
             ports,
+            rules_idle: rules_total - rules.len(),
             rules,
             flow_log: self.flow_log().stats(),
         }

@@ -311,6 +311,16 @@ fn allowed_port_and_its_replies_pass_others_are_denied_or_rejected() {
     assert_eq!(allow["packets"], 3, "SYN, SYN-ACK and data");
     let reject = rules.iter().find(|r| r["name"] == "no-2323").unwrap();
     assert_eq!(reject["sessions"], 1);
+    // Only rules that matched are listed; the others are counted.
+    assert!(rules
+        .iter()
+        .all(|r| r["packets"].as_u64() > Some(0) || r["sessions"].as_u64() > Some(0)));
+    let idle = st["rules_idle"].as_u64().unwrap() as usize;
+    assert_eq!(
+        idle + rules.len(),
+        r.d.firewall().rule_counters().len(),
+        "every rule is listed or counted as idle"
+    );
     assert_eq!(st["policy"]["policies"], 2);
 }
 

@@ -121,7 +121,7 @@ impl GuestMap {
                 }
             }
         }
-        self.regions.sort_by(|a, b| b.len.cmp(&a.len));
+        self.regions.sort_by_key(|r| std::cmp::Reverse(r.len));
         self.mem = Some(mem);
     }
 
@@ -187,7 +187,7 @@ impl GuestMap {
     /// Copies guest memory at `gpa` into `dst`. `Err` (and `dst` unspecified) if any part of
     /// the range is not guest memory.
     #[inline]
-    pub fn read(&self, gpa: u64, dst: &mut [u8]) -> Result<(), ()> {
+    pub fn read(&self, gpa: u64, dst: &mut [u8]) -> Result<(), OutsideGuestMemory> {
         let mut done = 0;
         let ok = self.walk(gpa, dst.len(), |host, n| {
             // SAFETY: `walk` checked that `[host, host + n)` lies in a live guest mapping (kept
@@ -200,14 +200,14 @@ impl GuestMap {
         if ok {
             Ok(())
         } else {
-            Err(())
+            Err(OutsideGuestMemory)
         }
     }
 
     /// Copies `src` into guest memory at `gpa`. `Err` (nothing written) if any part of the
     /// range is not guest memory.
     #[inline]
-    pub fn write(&self, gpa: u64, src: &[u8]) -> Result<(), ()> {
+    pub fn write(&self, gpa: u64, src: &[u8]) -> Result<(), OutsideGuestMemory> {
         let mut done = 0;
         let ok = self.walk(gpa, src.len(), |host, n| {
             // SAFETY: as in `read`, with the roles swapped: the destination lies in a checked,
@@ -218,7 +218,7 @@ impl GuestMap {
         if ok {
             Ok(())
         } else {
-            Err(())
+            Err(OutsideGuestMemory)
         }
     }
 
@@ -250,6 +250,11 @@ fn prefetch_lines(p: *const u8, len: usize) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, len);
 }
+
+/// A guest address range that is not (entirely) guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("address range outside guest memory")]
+pub struct OutsideGuestMemory;
 
 /// Why a ring cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -315,7 +320,7 @@ impl Desc {
     /// `[p, p + 16)` must be readable (guest memory that stays mapped meanwhile).
     #[inline]
     unsafe fn load(p: *const u8) -> Desc {
-        let (w0, w1) = if p as usize % 8 == 0 {
+        let (w0, w1) = if (p as usize).is_multiple_of(8) {
             // SAFETY: readable per the contract, aligned just above.
             unsafe {
                 (
@@ -377,7 +382,10 @@ impl<'m> SplitRing<'m> {
         let used = map
             .host(queue.used_ring(), 4 + 8 * n + 2)
             .ok_or(RingError::OutsideMemory)?;
-        if desc as usize % 16 != 0 || avail as usize % 2 != 0 || used as usize % 4 != 0 {
+        if !(desc as usize).is_multiple_of(16)
+            || !(avail as usize).is_multiple_of(2)
+            || !(used as usize).is_multiple_of(4)
+        {
             return Err(RingError::Misaligned);
         }
         Ok(SplitRing {
@@ -584,7 +592,7 @@ impl Iterator for Chain<'_, '_> {
                 let entries = d.len as usize / DESC_SIZE;
                 let table = (!self.indirect
                     && !d.has_next()
-                    && d.len as usize % DESC_SIZE == 0
+                    && (d.len as usize).is_multiple_of(DESC_SIZE)
                     && entries > 0
                     && entries <= u16::MAX as usize)
                     .then(|| self.ring.map.host(d.addr, d.len as usize))
