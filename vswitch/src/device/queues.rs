@@ -12,7 +12,7 @@ use std::num::Wrapping;
 
 use virtio_queue::{Queue, QueueT};
 
-use super::ring::{Desc, SplitRing};
+use super::ring::{Desc, Intent, SplitRing};
 use crate::counters::DropReason;
 use crate::net_hdr::VirtioNetHdr;
 
@@ -108,8 +108,9 @@ impl Cursor {
     #[inline]
     pub fn prefetch_ahead(&self, ring: &SplitRing<'_>) {
         let ahead = (self.avail_seen - self.next_avail).0;
+        ring.prefetch_used(self.next_used);
         if ahead >= 1 {
-            ring.prefetch_buffer(ring.avail_head(self.next_avail));
+            ring.prefetch_buffer(ring.avail_head(self.next_avail), Intent::Write);
         }
         if ahead >= 2 {
             ring.prefetch_desc(ring.avail_head(self.next_avail + Wrapping(1)));

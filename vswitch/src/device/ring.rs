@@ -225,30 +225,47 @@ impl GuestMap {
     /// Hints the CPU to start loading up to two cache lines of guest memory at `gpa`, if
     /// that is guest memory.
     #[inline]
-    pub fn prefetch(&self, gpa: u64, len: usize) {
+    pub fn prefetch(&self, gpa: u64, len: usize, intent: Intent) {
         let len = len.clamp(1, 128);
         if let Some(host) = self.host(gpa, len) {
-            prefetch_lines(host, len);
+            prefetch_lines(host, len, intent);
         }
     }
 }
 
+/// What a prefetched line is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    Read,
+    /// We will write it: ask for the line exclusively (`prefetchw`), so the write does not
+    /// have to take it from the guest's core first. RX buffers and used rings are written by
+    /// us and last touched by the guest.
+    Write,
+}
+
 /// Issues a prefetch for each cache line of `[p, p + len)`.
 #[inline]
-fn prefetch_lines(p: *const u8, len: usize) {
+fn prefetch_lines(p: *const u8, len: usize, intent: Intent) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
         let mut off = 0;
         while off < len {
+            let line = p.wrapping_add(off).cast::<i8>();
             // SAFETY: `_mm_prefetch` is `unsafe` only as a `target_feature(sse)` intrinsic, and
-            // SSE is part of the x86_64 baseline. A prefetch neither faults nor writes.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast::<i8>()) };
+            // SSE is part of the x86_64 baseline (a CPU without PREFETCHW runs ET0 as a NOP).
+            // A prefetch neither faults nor writes.
+            unsafe {
+                match intent {
+                    Intent::Read => _mm_prefetch::<_MM_HINT_T0>(line),
+                    Intent::Write => _mm_prefetch::<_MM_HINT_ET0>(line),
+                }
+            };
             off += 64;
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, len);
+    let _ = (p, len, intent);
 }
 
 /// A guest address range that is not (entirely) guest memory.
@@ -442,7 +459,11 @@ impl<'m> SplitRing<'m> {
     #[inline]
     pub fn prefetch_desc(&self, head: u16) {
         if head < self.size {
-            prefetch_lines(self.desc.wrapping_add(DESC_SIZE * head as usize), DESC_SIZE);
+            prefetch_lines(
+                self.desc.wrapping_add(DESC_SIZE * head as usize),
+                DESC_SIZE,
+                Intent::Read,
+            );
         }
     }
 
@@ -450,14 +471,21 @@ impl<'m> SplitRing<'m> {
     ///
     /// [`prefetch_desc`]: Self::prefetch_desc
     #[inline]
-    pub fn prefetch_buffer(&self, head: u16) {
+    pub fn prefetch_buffer(&self, head: u16, intent: Intent) {
         if head < self.size {
             // SAFETY: `head < size`, so the descriptor lies in the checked table.
             let d = unsafe { Desc::load(self.desc.add(DESC_SIZE * head as usize)) };
             if !d.is_indirect() {
-                self.map.prefetch(d.addr, d.len as usize);
+                self.map.prefetch(d.addr, d.len as usize, intent);
             }
         }
+    }
+
+    /// Asks for the cache line of used element `slot` for writing (see [`Intent::Write`]).
+    #[inline]
+    pub fn prefetch_used(&self, slot: Wrapping<u16>) {
+        let off = 4 + 8 * (slot.0 % self.size) as usize;
+        prefetch_lines(self.used.wrapping_add(off), 8, Intent::Write);
     }
 
     /// The descriptors of the chain starting at `head`.
