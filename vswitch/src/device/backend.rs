@@ -21,6 +21,11 @@
 //! Poll mode ([`super::poller`]): the queues are served by shared poll threads instead; the
 //! worker above only forwards events to them.
 //!
+//! Ring access goes through [`super::ring`]: guest memory is mapped once per memory table and
+//! each ring's areas once per batch, and the used index, a cache line the guest keeps reading,
+//! is stored once per burst of 32 chains (TX) or per sender burst (direct RX writes, published
+//! by [`RxSink::publish`]), not per chain.
+//!
 //! Batching and fairness: a TX kick drains up to [`TX_BUDGET`] chains, returns them to the
 //! guest with one used-ring update check and at most one notification (EVENT_IDX decides),
 //! then, if the guest has posted more, rings the TX resume doorbell and returns to the event

@@ -17,7 +17,8 @@
 //!   packet (pitfall 7);
 //! * `RING_EVENT_IDX`: fewer notifications; the crate applies it to the vrings at
 //!   SET_FEATURES (pitfall 5), before any SET_VRING_BASE;
-//! * `RING_INDIRECT_DESC`: fewer ring slots per TX packet, parsed and bounded by virtio-queue;
+//! * `RING_INDIRECT_DESC`: fewer ring slots per TX packet; tables are checked and bounded in
+//!   [`ring`] (one level, whole descriptors, inside guest memory);
 //! * `CSUM`/`GUEST_CSUM`, `HOST_TSO4/6`/`GUEST_TSO4/6`: offloads pass between VMs untouched
 //!   when both negotiated them and are resolved in software otherwise ([`crate::offload`]);
 //! * not offered: UFO/USO (would need software IP fragmentation; Linux no longer emits UFO),
