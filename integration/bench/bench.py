@@ -526,7 +526,7 @@ class Generator:
 
     def measure(self, st: Settings, cpu_pid: Optional[int] = None) -> dict:
         # The generator probes its server ports one after the other, each waiting for its
-        # client; vdfwd's reconnect backoff grows to 5 s, so 32 ports take ~2.5 min to come up.
+        # client; vdfwd's reconnect backoff grows to 1 s (5 s before round 5: 32 ports took ~2.5 min).
         self.tp.links_up(self.nports, max(st.link_timeout, 6.0 * self.nports))
         # A link is up once the backend connected; its queues may be enabled a little later.
         # Packets lost at the start are gone for good in a loop (fewer in flight, lower rate).
