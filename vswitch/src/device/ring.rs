@@ -150,76 +150,70 @@ impl GuestMap {
 
     /// Whether `[gpa, gpa + len)` is guest memory (possibly spanning regions).
     pub fn contains(&self, gpa: u64, len: usize) -> bool {
-        self.walk(gpa, len, |_, _| ())
+        self.walk(gpa, len, |_, _, _| ()).is_ok()
     }
 
-    /// Calls `f(host, n)` for each piece of `[gpa, gpa + len)`, in order, after checking the
-    /// whole range: either every piece is visited or none is.
+    /// Calls `f(host, offset, n)` for each piece of `[gpa, gpa + len)`, in order (`offset`
+    /// into the range), after checking the whole range: either every piece is visited or none
+    /// is.
     #[inline]
-    fn walk(&self, gpa: u64, len: usize, mut f: impl FnMut(*mut u8, usize)) -> bool {
+    fn walk(
+        &self,
+        gpa: u64,
+        len: usize,
+        mut f: impl FnMut(*mut u8, usize, usize),
+    ) -> Result<(), OutsideGuestMemory> {
         if let Some(host) = self.host(gpa, len) {
-            f(host, len);
-            return true;
+            f(host, 0, len);
+            return Ok(());
         }
         // Spanning regions (rare: a buffer across two memory slots). Check, then visit.
-        let pieces = |visit: &mut dyn FnMut(*mut u8, usize)| -> bool {
-            let (mut at, mut left) = (gpa, len as u64);
-            while left > 0 {
+        let pieces = |visit: &mut dyn FnMut(*mut u8, usize, usize)| -> bool {
+            let (mut at, mut done) = (gpa, 0usize);
+            while done < len {
                 let Some((host, room)) = self.region_at(at) else {
                     return false;
                 };
-                let n = room.min(left);
-                visit(host, n as usize);
-                left -= n;
-                let Some(next) = at.checked_add(n) else {
-                    return left == 0;
+                let n = room.min((len - done) as u64) as usize;
+                visit(host, done, n);
+                done += n;
+                let Some(next) = at.checked_add(n as u64) else {
+                    return done == len;
                 };
                 at = next;
             }
             true
         };
-        if !pieces(&mut |_, _| ()) {
-            return false;
+        if !pieces(&mut |_, _, _| ()) {
+            return Err(OutsideGuestMemory);
         }
-        pieces(&mut |host, n| f(host, n))
+        pieces(&mut f);
+        Ok(())
     }
 
     /// Copies guest memory at `gpa` into `dst`. `Err` (and `dst` unspecified) if any part of
     /// the range is not guest memory.
     #[inline]
     pub fn read(&self, gpa: u64, dst: &mut [u8]) -> Result<(), OutsideGuestMemory> {
-        let mut done = 0;
-        let ok = self.walk(gpa, dst.len(), |host, n| {
+        let to = dst.as_mut_ptr();
+        self.walk(gpa, dst.len(), |host, at, n| {
             // SAFETY: `walk` checked that `[host, host + n)` lies in a live guest mapping (kept
-            // by `self.mem`), and `dst[done..done + n]` is ours; they cannot overlap. The guest
-            // may write the source concurrently: we only use the copy, so a torn read can only
+            // by `self.mem`), and `dst[at..at + n]` is ours; they cannot overlap. The guest may
+            // write the source concurrently: we only use the copy, so a torn read can only
             // corrupt the guest's own frame.
-            unsafe { ptr::copy_nonoverlapping(host, dst.as_mut_ptr().add(done), n) };
-            done += n;
-        });
-        if ok {
-            Ok(())
-        } else {
-            Err(OutsideGuestMemory)
-        }
+            unsafe { ptr::copy_nonoverlapping(host, to.add(at), n) };
+        })
     }
 
     /// Copies `src` into guest memory at `gpa`. `Err` (nothing written) if any part of the
     /// range is not guest memory.
     #[inline]
     pub fn write(&self, gpa: u64, src: &[u8]) -> Result<(), OutsideGuestMemory> {
-        let mut done = 0;
-        let ok = self.walk(gpa, src.len(), |host, n| {
+        self.walk(gpa, src.len(), |host, at, n| {
             // SAFETY: as in `read`, with the roles swapped: the destination lies in a checked,
-            // live guest mapping that no Rust reference points into.
-            unsafe { ptr::copy_nonoverlapping(src.as_ptr().add(done), host, n) };
-            done += n;
-        });
-        if ok {
-            Ok(())
-        } else {
-            Err(OutsideGuestMemory)
-        }
+            // live guest mapping that no Rust reference points into, `src[at..at + n]` is ours.
+            unsafe { ptr::copy_nonoverlapping(src.as_ptr().add(at), host, n) };
+        })
     }
 
     /// Hints the CPU to start loading up to two cache lines of guest memory at `gpa`, if
