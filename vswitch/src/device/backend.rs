@@ -42,7 +42,7 @@ use tracing::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringMutex, VringT};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MRG_RXBUF, VIRTIO_NET_S_LINK_UP};
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -52,7 +52,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::poller::Attached;
 use super::queues::{copy_tx_chain, write_rx_frame, Cursor, RxError, RxScratch, TxBuffer};
-use super::ring::{GuestMap, Intent, SplitRing};
+use super::ring::{GuestMap, Intent, RingError, SplitRing};
 use super::{MAX_QUEUE_SIZE, NUM_QUEUES, OFFERED_FEATURES, RX_QUEUE, TX_QUEUE};
 use crate::counters::DropReason;
 use crate::net_hdr::{vnet_hdr_len, OffloadSet, VirtioNetHdr};
@@ -123,6 +123,14 @@ pub(crate) struct Session {
     /// worker's epoll with `into_raw_fd()` and never closes them (one fd leaked per session in
     /// vhost-user-backend 0.24). We close them once the session is over.
     exit_consumer_fds: Mutex<Vec<RawFd>>,
+}
+
+impl Session {
+    /// `queue`'s ring over `map`, brought up to date with the current memory table first.
+    fn ring<'m>(&self, map: &'m mut GuestMap, queue: &Queue) -> Result<SplitRing<'m>, RingError> {
+        map.refresh(&self.mem, self.mem_generation.load(Ordering::Acquire));
+        SplitRing::new(map, queue)
+    }
 }
 
 /// The vhost-user backend of one vNIC for one frontend session.
@@ -247,10 +255,9 @@ impl VnicBackend {
             map,
             used_checked,
         } = &mut *tx;
-        map.refresh(&s.mem, s.mem_generation.load(Ordering::Acquire));
         // A ring outside guest memory or misaligned cannot carry anything; the guest broke
         // its own queue.
-        let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
+        let Ok(ring) = s.ring(map, vstate.get_queue()) else {
             return false;
         };
         let mut cursor = Cursor::of(vstate.get_queue());
@@ -399,8 +406,7 @@ impl VnicBackend {
             cursor: saved,
             used_checked,
         } = &mut *rx;
-        map.refresh(&s.mem, s.mem_generation.load(Ordering::Acquire));
-        let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
+        let Ok(ring) = s.ring(map, vstate.get_queue()) else {
             return false;
         };
         if !s.port.is_rx_ready() {
@@ -558,8 +564,7 @@ impl RxSink for Session {
             used_checked,
             ..
         } = &mut *rx;
-        map.refresh(&self.mem, self.mem_generation.load(Ordering::Acquire));
-        let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
+        let Ok(ring) = self.ring(map, vstate.get_queue()) else {
             return DirectWrite::Unavailable;
         };
         let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
@@ -618,8 +623,7 @@ impl RxSink for Session {
         let RxState {
             map, used_checked, ..
         } = &mut *rx;
-        map.refresh(&self.mem, self.mem_generation.load(Ordering::Acquire));
-        let Ok(ring) = SplitRing::new(map, vstate.get_queue()) else {
+        let Ok(ring) = self.ring(map, vstate.get_queue()) else {
             return;
         };
         let next_used = Wrapping(vstate.get_queue().next_used());

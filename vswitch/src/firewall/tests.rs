@@ -153,6 +153,14 @@ impl Net {
         }
     }
 
+    /// Replaces the policy with `yaml` and publishes it (re-checking open connections).
+    fn apply_policy(&mut self, yaml: &str) -> RecheckReport {
+        self.engine
+            .apply(dfw::crd::parse_documents(yaml, "p.yaml").unwrap().objects)
+            .unwrap();
+        self.fw.apply(self.engine.snapshot())
+    }
+
     fn send(&mut self, from: &Arc<VnicPort>, frame: &[u8]) -> Disposition {
         self.now += 1000;
         self.p
@@ -376,14 +384,7 @@ fn recheck_cuts_what_the_new_policy_refuses_and_keeps_the_rest() {
     }
     // The new policy drops 5432 from the allow list.
     let changed = POLICY.replace("{protocol: TCP, port: 5432}, ", "");
-    n.engine
-        .apply(
-            dfw::crd::parse_documents(&changed, "p.yaml")
-                .unwrap()
-                .objects,
-        )
-        .unwrap();
-    let report = n.fw.apply(n.engine.snapshot());
+    let report = n.apply_policy(&changed);
     assert_eq!(report.checked, 4);
     assert_eq!(
         report.cut, 1,
@@ -639,14 +640,7 @@ fn a_crossing_with_a_state_older_than_the_zones_recheck_decides_under_the_new_on
     let mut n = Net::new(true);
     let old = n.fw.state.load_full();
     let changed = POLICY.replace("{protocol: TCP, port: 5432}, ", "");
-    n.engine
-        .apply(
-            dfw::crd::parse_documents(&changed, "p.yaml")
-                .unwrap()
-                .objects,
-        )
-        .unwrap();
-    n.fw.apply(n.engine.snapshot());
+    n.apply_policy(&changed);
     let frame = syn(1, 2, 40000, 5432);
     let Class::Ip { meta, .. } = classify(&ParsedPacket::parse(&frame).unwrap(), false) else {
         panic!("not IP")
