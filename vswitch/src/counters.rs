@@ -164,7 +164,12 @@ impl PortCounters {
     }
 
     pub fn count_rx(&self, bytes: usize) {
-        self.rx_packets.fetch_add(1, Ordering::Relaxed);
+        self.count_rx_many(1, bytes);
+    }
+
+    /// `packets` frames of `bytes` bytes in all (one update per burst).
+    pub fn count_rx_many(&self, packets: u64, bytes: usize) {
+        self.rx_packets.fetch_add(packets, Ordering::Relaxed);
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 

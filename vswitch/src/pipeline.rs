@@ -43,6 +43,9 @@ pub enum Disposition {
     },
 }
 
+/// Most frames [`Pipeline::flush_deferred`] hands a receiver in one call (a TX burst).
+const DELIVERY_GROUP: usize = 32;
+
 /// Per-thread reusable buffers, so the pipeline does not allocate per packet.
 #[derive(Debug, Default)]
 pub struct Scratch {
@@ -198,6 +201,36 @@ impl Pipeline {
         now: u64,
         scratch: &mut Scratch,
     ) -> Disposition {
+        self.take_vnic_frame(port, hdr, frame, None, now, scratch)
+    }
+
+    /// Like [`Pipeline::from_vnic`] for frame `slot` of a burst whose frames all stay readable
+    /// until [`Pipeline::flush_deferred`]: with a batched scratch, a frame for another vNIC is
+    /// only decided here, and written at the flush together with the burst's other frames
+    /// for that vNIC (one ring lock and translation per receiver and burst, not per frame).
+    /// Its disposition is `Forwarded` once decided; a delivery drop is counted on the
+    /// receiver at the flush, as always.
+    pub fn from_vnic_deferred(
+        &self,
+        port: &VnicPort,
+        hdr: &VirtioNetHdr,
+        frame: &[u8],
+        slot: u16,
+        now: u64,
+        scratch: &mut Scratch,
+    ) -> Disposition {
+        self.take_vnic_frame(port, hdr, frame, Some(slot), now, scratch)
+    }
+
+    fn take_vnic_frame(
+        &self,
+        port: &VnicPort,
+        hdr: &VirtioNetHdr,
+        frame: &[u8],
+        slot: Option<u16>,
+        now: u64,
+        scratch: &mut Scratch,
+    ) -> Disposition {
         port.counters.count_tx(frame.len());
         let table = self.table.load();
         let ingress = PortRef::Vnic(port.id);
@@ -223,7 +256,7 @@ impl Pipeline {
                 ingress,
                 &port.counters,
                 &pkt,
-                frame,
+                (frame, slot),
                 meta,
                 now,
                 scratch,
@@ -239,6 +272,44 @@ impl Pipeline {
     /// housekeeping, e.g. connection expiry).
     pub fn end_batch(&self, ingress: PortRef, now: u64) {
         self.filter.load().0.end_batch(ingress, now);
+    }
+
+    /// Delivers the frames [`Pipeline::from_vnic_deferred`] decided on, grouped by receiver
+    /// (each group in the order its frames were decided, so per-flow order holds). `frame`
+    /// gives a slot's bytes; it must be the frame the slot was decided on.
+    pub fn flush_deferred<'f>(&self, scratch: &mut Scratch, frame: impl Fn(u16) -> &'f [u8]) {
+        if scratch.direct.deferred.is_empty() {
+            return;
+        }
+        let table = self.table.load();
+        let mut pending = std::mem::take(&mut scratch.direct.deferred);
+        let mut frames: [&[u8]; DELIVERY_GROUP] = [&[]; DELIVERY_GROUP];
+        let mut metas = [FrameMeta::default(); DELIVERY_GROUP];
+        while let Some(first) = pending.first() {
+            // Usually one receiver per burst: take the first frame's receiver and every later
+            // frame for it, moving the others up, in order, for the next round.
+            let port = first.port;
+            let mut n = 0;
+            let mut keep = 0;
+            for k in 0..pending.len() {
+                let d = pending[k];
+                if d.port == port && n < DELIVERY_GROUP {
+                    frames[n] = frame(d.slot);
+                    metas[n] = d.meta;
+                    n += 1;
+                } else {
+                    pending[keep] = d;
+                    keep += 1;
+                }
+            }
+            pending.truncate(keep);
+            // A receiver removed since the decision has nobody to count the frames on.
+            if let Some(p) = table.vnic(port) {
+                p.deliver_burst(&frames[..n], &metas[..n], &mut scratch.direct);
+            }
+        }
+        pending.clear();
+        scratch.direct.deferred = pending;
     }
 
     /// A frame read from the uplink TAP.
@@ -269,7 +340,7 @@ impl Pipeline {
                 PortRef::Uplink,
                 counters,
                 &pkt,
-                frame,
+                (frame, None),
                 meta,
                 now,
                 scratch,
@@ -288,7 +359,7 @@ impl Pipeline {
         ingress: PortRef,
         ingress_counters: &PortCounters,
         pkt: &ParsedPacket,
-        frame: &[u8],
+        (frame, slot): (&[u8], Option<u16>),
         meta: FrameMeta,
         now: u64,
         scratch: &mut Scratch,
@@ -308,7 +379,15 @@ impl Pipeline {
         let verdict = self.filter.load().0.filter(&ctx, pkt);
         match verdict {
             FilterVerdict::Forward => {
-                match deliver(table, egress, frame, meta, &mut scratch.direct) {
+                let direct = &mut scratch.direct;
+                let delivered = match (egress, slot) {
+                    (Egress::Vnic(port), Some(slot)) if direct.is_enabled() => {
+                        direct.defer(port, slot, meta);
+                        Ok(())
+                    }
+                    _ => deliver(table, egress, frame, meta, direct),
+                };
+                match delivered {
                     Ok(()) => Disposition::Forwarded(egress),
                     // Counted on the egress port by `deliver`.
                     Err(reason) => Disposition::Dropped(reason),
@@ -472,6 +551,46 @@ mod tests {
             p.from_uplink(&hdr, &back_spoofed_src, 0, &mut s),
             Disposition::Forwarded(Egress::Vnic(a.id))
         );
+    }
+
+    #[test]
+    fn deferred_frames_are_delivered_at_the_flush_in_order_per_receiver() {
+        let p = Pipeline::new(Arc::new(InsecureAllowAll));
+        let a = vnic(&p, 1);
+        let b = vnic(&p, 2);
+        let c = vnic(&p, 3);
+        let d = vnic(&p, 4);
+        let mut s = Scratch::batched();
+        let hdr = VirtioNetHdr::default();
+        let mut burst = Vec::new();
+        for (k, to) in [2u8, 3, 2, 4, 2].into_iter().enumerate() {
+            let mut f = tcp(1, mac(to), [10, 0, 0, to]);
+            f[38] = k as u8; // sequence number: tells the frames apart
+            burst.push(f);
+        }
+        for (slot, f) in burst.iter().enumerate() {
+            assert!(matches!(
+                p.from_vnic_deferred(&a, &hdr, f, slot as u16, 0, &mut s),
+                Disposition::Forwarded(Egress::Vnic(_))
+            ));
+        }
+        // Decided, not delivered yet.
+        assert!(b.inbox.is_empty() && c.inbox.is_empty() && d.inbox.is_empty());
+        // A receiver removed between decision and flush: its frame goes nowhere.
+        p.remove_vnic(d.id);
+        p.flush_deferred(&mut s, |slot| &burst[slot as usize]);
+        let seqs = |port: &VnicPort| {
+            std::iter::from_fn(|| port.inbox.pop())
+                .map(|f| f.data[38])
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(&b), [0, 2, 4]);
+        assert_eq!(seqs(&c), [1]);
+        assert!(d.inbox.is_empty());
+        assert_eq!(a.counters.snapshot().tx_packets, 5);
+        // The scratch is ready for the next burst.
+        p.flush_deferred(&mut s, |_| unreachable!("nothing deferred"));
+        s.finish_batch();
     }
 
     #[test]

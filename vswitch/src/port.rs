@@ -80,9 +80,18 @@ pub enum DirectWrite {
 /// and the receiver's wake-up; the receiver's own worker still owns everything that waits
 /// (backlog, notification arming, segmentation).
 pub trait RxSink: Send + Sync {
-    /// Writes `frame` into the guest's RX ring now, or says why not. Never blocks on the
-    /// receiver's worker. The guest may not see the frame before [`RxSink::publish`].
-    fn try_write(&self, frame: &[u8], meta: &FrameMeta) -> DirectWrite;
+    /// Writes `frames` (with their `metas`) into the guest's RX ring now, in order, and says
+    /// in `results` what became of each. Never blocks on the receiver's worker. The first
+    /// frame that is [`DirectWrite::Unavailable`] makes every later one so too (they queue
+    /// behind it in the inbox, in order). The guest may not see the frames before
+    /// [`RxSink::publish`].
+    fn try_write_burst(&self, frames: &[&[u8]], metas: &[FrameMeta], results: &mut [DirectWrite]);
+    /// [`RxSink::try_write_burst`] for one frame.
+    fn try_write(&self, frame: &[u8], meta: &FrameMeta) -> DirectWrite {
+        let mut result = [DirectWrite::Unavailable];
+        self.try_write_burst(&[frame], std::slice::from_ref(meta), &mut result);
+        result[0]
+    }
     /// Makes the frames written so far visible to the guest, without signalling it: the
     /// used index is a cache line the guest keeps reading, so it is stored once per burst of
     /// frames, not per frame.
@@ -91,6 +100,10 @@ pub trait RxSink: Send + Sync {
     /// EVENT_IDX settings ask for it).
     fn notify(&self);
 }
+
+/// Most frames one [`RxSink::try_write_burst`] call takes from [`VnicPort::deliver_burst`];
+/// a longer burst goes through the inbox.
+pub const DIRECT_BURST: usize = 32;
 
 /// A vNIC's current [`RxSink`] (none while no frontend session runs).
 struct SinkSlot(Arc<dyn RxSink>);
@@ -103,6 +116,17 @@ struct SinkSlot(Arc<dyn RxSink>);
 pub struct DirectBatch {
     enabled: bool,
     touched: Vec<Arc<dyn RxSink>>,
+    /// Frames of the current burst decided for a vNIC and not written yet
+    /// (see `Pipeline::flush_deferred`).
+    pub(crate) deferred: Vec<Deferred>,
+}
+
+/// A frame of a burst, by its slot, decided for vNIC `port`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deferred {
+    pub port: PortId,
+    pub slot: u16,
+    pub meta: FrameMeta,
 }
 
 impl fmt::Debug for DirectBatch {
@@ -121,7 +145,17 @@ impl DirectBatch {
             enabled: true,
             // A batch rarely reaches more than a few receivers; growing is a one-off.
             touched: Vec::with_capacity(8),
+            deferred: Vec::with_capacity(64),
         }
+    }
+
+    /// Whether deliveries may write into receivers' rings directly.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub(crate) fn defer(&mut self, port: PortId, slot: u16, meta: FrameMeta) {
+        self.deferred.push(Deferred { port, slot, meta });
     }
 
     fn touch(&mut self, sink: &Arc<dyn RxSink>) {
@@ -268,22 +302,46 @@ impl VnicPort {
         meta: FrameMeta,
         batch: &mut DirectBatch,
     ) -> Result<(), DropReason> {
-        if batch.enabled && self.is_rx_ready() {
+        let mut result = [Err(DropReason::PortDown)];
+        self.deliver_each(&[frame], &[meta], batch, |_, r| result[0] = r);
+        result[0]
+    }
+
+    /// [`VnicPort::deliver_batched`] for several frames, in order: one ring lock and
+    /// translation for all of them. Drops are counted here.
+    pub fn deliver_burst(&self, frames: &[&[u8]], metas: &[FrameMeta], batch: &mut DirectBatch) {
+        self.deliver_each(frames, metas, batch, |_, _| {});
+    }
+
+    fn deliver_each(
+        &self,
+        frames: &[&[u8]],
+        metas: &[FrameMeta],
+        batch: &mut DirectBatch,
+        mut outcome: impl FnMut(usize, Result<(), DropReason>),
+    ) {
+        let n = frames.len().min(metas.len());
+        let mut results = [DirectWrite::Unavailable; DIRECT_BURST];
+        if batch.enabled && self.is_rx_ready() && n <= DIRECT_BURST {
             if let Some(slot) = &*self.rx_sink.load() {
-                match slot.0.try_write(frame, &meta) {
-                    DirectWrite::Written => {
-                        batch.touch(&slot.0);
-                        return Ok(());
-                    }
-                    DirectWrite::Dropped(reason) => {
-                        self.counters.count_drop(reason);
-                        return Err(reason);
-                    }
-                    DirectWrite::Unavailable => {}
+                slot.0
+                    .try_write_burst(&frames[..n], &metas[..n], &mut results[..n]);
+                if results[..n].contains(&DirectWrite::Written) {
+                    batch.touch(&slot.0);
                 }
             }
         }
-        self.deliver(frame, meta)
+        for k in 0..n {
+            let r = match results.get(k).copied().unwrap_or(DirectWrite::Unavailable) {
+                DirectWrite::Written => Ok(()),
+                DirectWrite::Dropped(reason) => {
+                    self.counters.count_drop(reason);
+                    Err(reason)
+                }
+                DirectWrite::Unavailable => self.deliver(frames[k], metas[k]),
+            };
+            outcome(k, r);
+        }
     }
 
     /// Like [`VnicPort::deliver`], with the frame written by `fill` straight into the inbox

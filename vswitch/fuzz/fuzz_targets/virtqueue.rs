@@ -42,11 +42,17 @@ fuzz_target!(|data: &[u8]| {
     let Some(mut q) = queue() else { return };
     let Ok(ring) = SplitRing::new(&map, &q) else { return };
 
-    let mut tx = TxBuffer::default();
+    // Bursts of 4 chains, as the TX path copies them.
+    let mut tx = TxBuffer::for_frames(4);
     let mut cursor = Cursor::of(&q);
-    for _ in 0..4 * size as usize {
+    for k in 0..4 * size as usize {
         let Some(head) = cursor.pop(&ring) else { break };
-        let _ = copy_tx_chain(&ring, head, &mut tx);
+        if k % 4 == 0 {
+            tx.clear();
+        }
+        if let Ok(span) = copy_tx_chain(&ring, head, &mut tx) {
+            assert_eq!(tx.chain(span).len(), span.len());
+        }
         cursor.add_used(&ring, head, 0);
     }
     ring.publish_used(cursor.next_used);

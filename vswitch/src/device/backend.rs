@@ -51,7 +51,7 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::poller::Attached;
-use super::queues::{copy_tx_chain, write_rx_frame, Cursor, RxError, RxScratch, TxBuffer};
+use super::queues::{copy_tx_chain, write_rx_frame, Cursor, RxError, RxScratch, TxBuffer, TxSpan};
 use super::ring::{GuestMap, Intent, RingError, SplitRing};
 use super::{MAX_QUEUE_SIZE, NUM_QUEUES, OFFERED_FEATURES, RX_QUEUE, TX_QUEUE};
 use crate::counters::DropReason;
@@ -149,7 +149,7 @@ impl VnicBackend {
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             mem_generation: AtomicU64::new(0),
             tx: Mutex::new(TxState {
-                buf: TxBuffer::default(),
+                buf: TxBuffer::for_frames(TX_BURST),
                 scratch: Scratch::batched(),
                 kicks_on: true,
                 map: GuestMap::new(),
@@ -294,25 +294,43 @@ impl VnicBackend {
                     ring.prefetch_used(cursor.next_used + Wrapping(k as u16));
                 }
                 let now = *batch_now.get_or_insert_with(|| s.pipeline.now());
-                for &head in &heads[..n] {
+                // Stage 1: copy the burst's chains out of guest memory and give them back
+                // (TX buffers are device-readable: the used length is 0 either way; a head
+                // beyond the ring cannot be returned, copy_tx_chain counted it).
+                buf.clear();
+                let mut spans = [None::<TxSpan>; TX_BURST];
+                for (span, &head) in spans.iter_mut().zip(&heads[..n]) {
                     match copy_tx_chain(&ring, head, buf) {
-                        Ok(len) if len < hdr_len + 14 => {
+                        Ok(c) if c.len() < hdr_len + 14 => {
                             s.port.counters.count_drop(DropReason::ShortFrame)
                         }
-                        Ok(len) => {
-                            let bytes = &buf.bytes()[..len];
-                            // parse() cannot fail: the slice is at least hdr_len >= 10 bytes.
-                            let hdr = VirtioNetHdr::parse(&bytes[..hdr_len]).unwrap_or_default();
-                            s.pipeline
-                                .from_vnic(&s.port, &hdr, &bytes[hdr_len..], now, scratch);
-                        }
+                        Ok(c) => *span = Some(c),
                         Err(reason) => s.port.counters.count_drop(reason),
                     }
-                    // TX buffers are device-readable: the used length is 0 either way. A head
-                    // beyond the ring cannot be returned; copy_tx_chain counted it.
                     cursor.add_used(&ring, head, 0);
                 }
                 ring.publish_used(cursor.next_used);
+                // Stage 2: decide on every frame; frames for other vNICs wait for stage 3.
+                for (slot, span) in spans[..n].iter().enumerate() {
+                    let Some(span) = span else { continue };
+                    let bytes = buf.chain(*span);
+                    // parse() cannot fail: the chain is at least hdr_len >= 10 bytes.
+                    let hdr = VirtioNetHdr::parse(&bytes[..hdr_len]).unwrap_or_default();
+                    s.pipeline.from_vnic_deferred(
+                        &s.port,
+                        &hdr,
+                        &bytes[hdr_len..],
+                        slot as u16,
+                        now,
+                        scratch,
+                    );
+                }
+                // Stage 3: write them, one group per receiver.
+                let frame = |slot: u16| match spans.get(slot as usize).copied().flatten() {
+                    Some(span) => buf.chain(span).get(hdr_len..).unwrap_or(&[]),
+                    None => &[],
+                };
+                s.pipeline.flush_deferred(scratch, frame);
                 // Receivers written to directly see their frames now, once per burst; they are
                 // signalled once per batch.
                 scratch.publish_batch();
@@ -536,26 +554,25 @@ fn prefetch_burst(ring: &SplitRing<'_>, heads: &[u16]) {
 }
 
 impl RxSink for Session {
-    fn try_write(&self, frame: &[u8], meta: &FrameMeta) -> DirectWrite {
+    fn try_write_burst(&self, frames: &[&[u8]], metas: &[FrameMeta], results: &mut [DirectWrite]) {
+        results.fill(DirectWrite::Unavailable);
         // Never wait for the owner: if its worker is draining the inbox, queue behind it.
         let Ok(mut rx) = self.rx.try_lock() else {
-            return DirectWrite::Unavailable;
+            return;
         };
         // Frames already waiting go first (per-sender order), and a closed session takes
         // nothing directly.
         if self.closed.load(Ordering::Acquire) || !self.port.inbox.is_empty() {
-            return DirectWrite::Unavailable;
+            return;
         }
         let Some(vring) = self.rx_vring.get() else {
-            return DirectWrite::Unavailable;
+            return;
         };
         let features = self.port.acked_features();
-        let Some(hdr) = plan_rx_unchanged(meta, OffloadSet::guest_rx(features)) else {
-            return DirectWrite::Unavailable;
-        };
+        let guest_rx = OffloadSet::guest_rx(features);
         let mut vstate = vring.get_mut();
         if !vstate.get_queue().ready() || !vstate.is_enabled() {
-            return DirectWrite::Unavailable;
+            return;
         }
         let RxState {
             scratch,
@@ -565,40 +582,44 @@ impl RxSink for Session {
             ..
         } = &mut *rx;
         let Ok(ring) = self.ring(map, vstate.get_queue()) else {
-            return DirectWrite::Unavailable;
+            return;
         };
         let mergeable = features & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0;
+        let hdr_len = vnet_hdr_len(features);
         let mut cursor = Cursor::resume(vstate.get_queue(), *saved);
         let used_before = cursor.next_used;
-        let result = write_rx_frame(
-            &ring,
-            &mut cursor,
-            hdr,
-            vnet_hdr_len(features),
-            frame,
-            mergeable,
-            scratch,
-        );
+        let (mut written, mut bytes) = (0, 0);
+        for ((frame, meta), result) in frames.iter().zip(metas).zip(results.iter_mut()) {
+            // A frame that needs segmenting or a checksum goes through the owner, and the
+            // rest of the burst behind it.
+            let Some(hdr) = plan_rx_unchanged(meta, guest_rx) else {
+                break;
+            };
+            match write_rx_frame(&ring, &mut cursor, hdr, hdr_len, frame, mergeable, scratch) {
+                Ok(_) => {
+                    written += 1;
+                    bytes += frame.len();
+                    *result = DirectWrite::Written;
+                }
+                // The owner arms the RX notification and keeps the frame in its backlog.
+                Err(RxError::NoBuffers) => break,
+                Err(e) => *result = DirectWrite::Dropped(e.reason()),
+            }
+        }
+        if written > 0 {
+            self.port.counters.count_rx_many(written, bytes);
+        }
         // Published once per sender burst (`publish`), the guest signalled once per sender
         // batch (`notify`): the used index is a cache line the guest keeps reading, so each
-        // store costs us a cross-core miss. A refused chain is returned (empty) right away,
-        // as the sender only publishes receivers it delivered to.
+        // store costs us a cross-core miss. Chains refused while nothing was written are
+        // returned (empty) right away, as the sender only publishes receivers it wrote to.
         cursor.store(vstate.get_queue_mut());
         *saved = Some(cursor);
-        if result.is_err() && cursor.next_used != used_before {
+        if written == 0 && cursor.next_used != used_before {
             ring.publish_used(cursor.next_used);
             if ring.needs_notification(cursor.next_used, used_checked) {
                 let _ = vstate.signal_used_queue();
             }
-        }
-        match result {
-            Ok(_) => {
-                self.port.counters.count_rx(frame.len());
-                DirectWrite::Written
-            }
-            // The owner arms the RX notification and keeps the frame in its backlog.
-            Err(RxError::NoBuffers) => DirectWrite::Unavailable,
-            Err(e) => DirectWrite::Dropped(e.reason()),
         }
     }
 

@@ -21,8 +21,12 @@ pub const MAX_FRAME_LEN: usize = 65535 + 14 + 4;
 /// Largest TX chain: the frame plus the virtio-net header.
 pub const MAX_TX_CHAIN_LEN: usize = MAX_FRAME_LEN + crate::net_hdr::VNET_HDR_LEN;
 
-/// The TX queue's reusable copy buffer, sized once for the largest chain so the hot path
-/// never allocates or zero-fills.
+/// The TX queue's reusable copy area for one burst: the chains of a burst are copied back to
+/// back, so a burst of small frames is a few contiguous cache lines, and every frame stays
+/// readable until the burst's deliveries are done (see `Pipeline::flush_deferred`).
+///
+/// Sized once for `frames` chains of the largest size, so the hot path never allocates or
+/// zero-fills; the allocation is lazily backed by the kernel, so only the bytes used count.
 pub struct TxBuffer {
     buf: Box<[u8]>,
     len: usize,
@@ -30,16 +34,46 @@ pub struct TxBuffer {
 
 impl Default for TxBuffer {
     fn default() -> Self {
-        TxBuffer {
-            buf: vec![0u8; MAX_TX_CHAIN_LEN].into_boxed_slice(),
-            len: 0,
-        }
+        TxBuffer::for_frames(1)
     }
 }
 
 impl TxBuffer {
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+    /// Room for `frames` chains of up to [`MAX_TX_CHAIN_LEN`] bytes each.
+    pub fn for_frames(frames: usize) -> TxBuffer {
+        TxBuffer {
+            buf: vec![0u8; MAX_TX_CHAIN_LEN * frames.max(1)].into_boxed_slice(),
+            len: 0,
+        }
+    }
+
+    /// Forgets the chains copied so far (start of a burst).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The bytes of a chain copied by [`copy_tx_chain`].
+    pub fn chain(&self, span: TxSpan) -> &[u8] {
+        self.buf
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or(&[])
+    }
+}
+
+/// Where [`copy_tx_chain`] put a chain in its [`TxBuffer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TxSpan {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl TxSpan {
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
     }
 }
 
@@ -140,13 +174,17 @@ impl Cursor {
     }
 }
 
-/// Copies the device-readable chain at `head` into `out`. Returns the number of bytes copied.
+/// Appends the device-readable chain at `head` to `out`; returns where it went. A chain
+/// longer than [`MAX_TX_CHAIN_LEN`], or one that does not fit the rest of `out`, is
+/// `Oversized`; a refused chain leaves `out` as it was.
 pub fn copy_tx_chain(
     ring: &SplitRing<'_>,
     head: u16,
     out: &mut TxBuffer,
-) -> Result<usize, DropReason> {
-    out.len = 0;
+) -> Result<TxSpan, DropReason> {
+    let start = out.len;
+    let limit = out.buf.len().min(start + MAX_TX_CHAIN_LEN);
+    let mut end = start;
     for desc in ring.chain(head) {
         let desc = desc.map_err(|e| e.reason())?;
         if desc.is_write_only() {
@@ -156,17 +194,20 @@ pub fn copy_tx_chain(
         if len == 0 {
             return Err(DropReason::ZeroLength);
         }
-        let end = out
-            .len
+        let next = end
             .checked_add(len)
-            .filter(|e| *e <= out.buf.len())
+            .filter(|e| *e <= limit)
             .ok_or(DropReason::Oversized)?;
         ring.memory()
-            .read(desc.addr, &mut out.buf[out.len..end])
+            .read(desc.addr, &mut out.buf[end..next])
             .map_err(|_| DropReason::DescriptorOutOfMemory)?;
-        out.len = end;
+        end = next;
     }
-    Ok(out.len)
+    out.len = end;
+    Ok(TxSpan {
+        start: start as u32,
+        end: end as u32,
+    })
 }
 
 /// Scratch state of the RX queue, reused across frames.

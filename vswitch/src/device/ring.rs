@@ -685,6 +685,45 @@ mod tests {
     }
 
     #[test]
+    fn tx_chains_of_a_burst_are_copied_back_to_back() {
+        use crate::device::queues::{copy_tx_chain, TxBuffer, MAX_TX_CHAIN_LEN};
+        let mem = memory();
+        let map = GuestMap::of(mem.clone());
+        let q = queue(false);
+        let ring = SplitRing::new(&map, &q).unwrap();
+        mem.write_slice(&[1; 30], GuestAddress(0x8000)).unwrap();
+        mem.write_slice(&[2; 20], GuestAddress(0x9000)).unwrap();
+        mem.write_slice(&[3; 50], GuestAddress(0xa000)).unwrap();
+        write_desc(&mem, DESC, 0, 0x8000, 30, F_NEXT, 1);
+        write_desc(&mem, DESC, 1, 0x9000, 20, 0, 0);
+        write_desc(&mem, DESC, 2, 0xa000, 50, 0, 0);
+        // A chain whose second buffer lies in the hole between the regions.
+        write_desc(&mem, DESC, 3, 0xa000, 50, F_NEXT, 4);
+        write_desc(&mem, DESC, 4, 0x18000, 10, 0, 0);
+        let mut buf = TxBuffer::for_frames(2);
+        let first = copy_tx_chain(&ring, 0, &mut buf).unwrap();
+        assert_eq!(
+            copy_tx_chain(&ring, 3, &mut buf),
+            Err(DropReason::DescriptorOutOfMemory)
+        );
+        let second = copy_tx_chain(&ring, 2, &mut buf).unwrap();
+        // The refused chain left nothing behind: the second follows the first directly.
+        assert_eq!((first.start, first.end, second.start), (0, 50, 50));
+        assert_eq!(buf.chain(first), [[1u8; 30].as_slice(), &[2; 20]].concat());
+        assert_eq!(buf.chain(second), [3u8; 50]);
+        // A chain longer than one frame may be is refused even with room left.
+        write_desc(&mem, DESC, 5, 0, 0x10000, F_NEXT, 6);
+        write_desc(&mem, DESC, 6, 0x20000, 0x10000, 0, 0);
+        const { assert!(0x20000 > MAX_TX_CHAIN_LEN) };
+        assert_eq!(
+            copy_tx_chain(&ring, 5, &mut buf),
+            Err(DropReason::Oversized)
+        );
+        buf.clear();
+        assert_eq!(copy_tx_chain(&ring, 2, &mut buf).unwrap().start, 0);
+    }
+
+    #[test]
     fn direct_and_indirect_chains_are_followed() {
         let mem = memory();
         let map = GuestMap::of(mem.clone());
