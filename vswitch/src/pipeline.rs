@@ -201,11 +201,49 @@ impl Pipeline {
         now: u64,
         scratch: &mut Scratch,
     ) -> Disposition {
-        self.take_vnic_frame(port, hdr, frame, None, now, scratch)
+        self.burst()
+            .take_vnic_frame(port, hdr, frame, None, now, scratch)
     }
 
+    /// A frame read from the uplink TAP.
+    pub fn from_uplink(
+        &self,
+        hdr: &VirtioNetHdr,
+        frame: &[u8],
+        now: u64,
+        scratch: &mut Scratch,
+    ) -> Disposition {
+        self.burst().from_uplink(hdr, frame, now, scratch)
+    }
+
+    /// Ends a batch of frames from `ingress` that all used timestamp `now` (bounded firewall
+    /// housekeeping, e.g. connection expiry).
+    pub fn end_batch(&self, ingress: PortRef, now: u64) {
+        self.filter.load().0.end_batch(ingress, now);
+    }
+
+    /// The port table and firewall for one burst of frames (see [`Burst`]).
+    pub fn burst(&self) -> Burst<'_> {
+        Burst {
+            table: self.table.load(),
+            filter: self.filter.load(),
+            _pipeline: std::marker::PhantomData,
+        }
+    }
+}
+
+/// The port table and the firewall as one burst of frames sees them: loaded once per burst,
+/// not once per frame. A burst is short (a TX burst of 32 frames), so an update published
+/// meanwhile applies from the next burst on, as it would for frames in flight.
+pub struct Burst<'p> {
+    table: arc_swap::Guard<Arc<PortTable>>,
+    filter: arc_swap::Guard<Arc<FilterSlot>>,
+    _pipeline: std::marker::PhantomData<&'p Pipeline>,
+}
+
+impl Burst<'_> {
     /// Like [`Pipeline::from_vnic`] for frame `slot` of a burst whose frames all stay readable
-    /// until [`Pipeline::flush_deferred`]: with a batched scratch, a frame for another vNIC is
+    /// until [`Burst::flush_deferred`]: with a batched scratch, a frame for another vNIC is
     /// only decided here, and written at the flush together with the burst's other frames
     /// for that vNIC (one ring lock and translation per receiver and burst, not per frame).
     /// Its disposition is `Forwarded` once decided; a delivery drop is counted on the
@@ -232,7 +270,7 @@ impl Pipeline {
         scratch: &mut Scratch,
     ) -> Disposition {
         port.counters.count_tx(frame.len());
-        let table = self.table.load();
+        let table = &*self.table;
         let ingress = PortRef::Vnic(port.id);
         let r = (|| {
             let offload = hdr
@@ -241,10 +279,7 @@ impl Pipeline {
             let pkt = ParsedPacket::parse(frame).map_err(|_| DropReason::Malformed)?;
             if let Err(reason) = spoof::check(&port.bindings, &pkt) {
                 // The firewall logs these (rate-limited): a guest claiming another identity.
-                self.filter
-                    .load()
-                    .0
-                    .observe_drop(ingress, &pkt, reason, now);
+                self.filter.0.observe_drop(ingress, &pkt, reason, now);
                 return Err(reason);
             }
             let meta = FrameMeta::new(offload, &pkt).map_err(|_| DropReason::GsoMismatch)?;
@@ -252,7 +287,7 @@ impl Pipeline {
         })();
         match r {
             Ok((pkt, meta)) => self.forward(
-                &table,
+                table,
                 ingress,
                 &port.counters,
                 &pkt,
@@ -268,20 +303,14 @@ impl Pipeline {
         }
     }
 
-    /// Ends a batch of frames from `ingress` that all used timestamp `now` (bounded firewall
-    /// housekeeping, e.g. connection expiry).
-    pub fn end_batch(&self, ingress: PortRef, now: u64) {
-        self.filter.load().0.end_batch(ingress, now);
-    }
-
-    /// Delivers the frames [`Pipeline::from_vnic_deferred`] decided on, grouped by receiver
+    /// Delivers the frames [`Burst::from_vnic_deferred`] decided on, grouped by receiver
     /// (each group in the order its frames were decided, so per-flow order holds). `frame`
     /// gives a slot's bytes; it must be the frame the slot was decided on.
     pub fn flush_deferred<'f>(&self, scratch: &mut Scratch, frame: impl Fn(u16) -> &'f [u8]) {
         if scratch.direct.deferred.is_empty() {
             return;
         }
-        let table = self.table.load();
+        let table = &*self.table;
         let mut pending = std::mem::take(&mut scratch.direct.deferred);
         let mut frames: [&[u8]; DELIVERY_GROUP] = [&[]; DELIVERY_GROUP];
         let mut metas = [FrameMeta::default(); DELIVERY_GROUP];
@@ -312,15 +341,14 @@ impl Pipeline {
         scratch.direct.deferred = pending;
     }
 
-    /// A frame read from the uplink TAP.
-    pub fn from_uplink(
+    fn from_uplink(
         &self,
         hdr: &VirtioNetHdr,
         frame: &[u8],
         now: u64,
         scratch: &mut Scratch,
     ) -> Disposition {
-        let table = self.table.load();
+        let table = &*self.table;
         let Some(uplink) = table.uplink().cloned() else {
             return Disposition::Dropped(DropReason::NoRoute);
         };
@@ -336,7 +364,7 @@ impl Pipeline {
         })();
         match r {
             Ok((pkt, meta)) => self.forward(
-                &table,
+                table,
                 PortRef::Uplink,
                 counters,
                 &pkt,
@@ -376,7 +404,7 @@ impl Pipeline {
             egress: egress.port_ref(),
             now,
         };
-        let verdict = self.filter.load().0.filter(&ctx, pkt);
+        let verdict = self.filter.0.filter(&ctx, pkt);
         match verdict {
             FilterVerdict::Forward => {
                 let direct = &mut scratch.direct;
@@ -568,17 +596,21 @@ mod tests {
             f[38] = k as u8; // sequence number: tells the frames apart
             burst.push(f);
         }
+        let view = p.burst();
         for (slot, f) in burst.iter().enumerate() {
             assert!(matches!(
-                p.from_vnic_deferred(&a, &hdr, f, slot as u16, 0, &mut s),
+                view.from_vnic_deferred(&a, &hdr, f, slot as u16, 0, &mut s),
                 Disposition::Forwarded(Egress::Vnic(_))
             ));
         }
         // Decided, not delivered yet.
         assert!(b.inbox.is_empty() && c.inbox.is_empty() && d.inbox.is_empty());
-        // A receiver removed between decision and flush: its frame goes nowhere.
+        // A receiver removed between decision and flush (a flush under a newer table than the
+        // decision's; a burst's own flush uses its table): its frame goes nowhere.
+        drop(view);
         p.remove_vnic(d.id);
-        p.flush_deferred(&mut s, |slot| &burst[slot as usize]);
+        p.burst()
+            .flush_deferred(&mut s, |slot| &burst[slot as usize]);
         let seqs = |port: &VnicPort| {
             std::iter::from_fn(|| port.inbox.pop())
                 .map(|f| f.data[38])
@@ -589,7 +621,8 @@ mod tests {
         assert!(d.inbox.is_empty());
         assert_eq!(a.counters.snapshot().tx_packets, 5);
         // The scratch is ready for the next burst.
-        p.flush_deferred(&mut s, |_| unreachable!("nothing deferred"));
+        p.burst()
+            .flush_deferred(&mut s, |_| unreachable!("nothing deferred"));
         s.finish_batch();
     }
 

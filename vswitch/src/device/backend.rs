@@ -311,12 +311,13 @@ impl VnicBackend {
                 }
                 ring.publish_used(cursor.next_used);
                 // Stage 2: decide on every frame; frames for other vNICs wait for stage 3.
+                let burst = s.pipeline.burst();
                 for (slot, span) in spans[..n].iter().enumerate() {
                     let Some(span) = span else { continue };
                     let bytes = buf.chain(*span);
                     // parse() cannot fail: the chain is at least hdr_len >= 10 bytes.
                     let hdr = VirtioNetHdr::parse(&bytes[..hdr_len]).unwrap_or_default();
-                    s.pipeline.from_vnic_deferred(
+                    burst.from_vnic_deferred(
                         &s.port,
                         &hdr,
                         &bytes[hdr_len..],
@@ -330,7 +331,7 @@ impl VnicBackend {
                     Some(span) => buf.chain(span).get(hdr_len..).unwrap_or(&[]),
                     None => &[],
                 };
-                s.pipeline.flush_deferred(scratch, frame);
+                burst.flush_deferred(scratch, frame);
                 // Receivers written to directly see their frames now, once per burst; they are
                 // signalled once per batch.
                 scratch.publish_batch();
