@@ -213,7 +213,7 @@ impl Pipeline {
         now: u64,
         scratch: &mut Scratch,
     ) -> Disposition {
-        self.burst().from_uplink(hdr, frame, now, scratch)
+        self.burst().take_uplink_frame(hdr, frame, now, scratch)
     }
 
     /// Ends a batch of frames from `ingress` that all used timestamp `now` (bounded firewall
@@ -341,7 +341,7 @@ impl Burst<'_> {
         scratch.direct.deferred = pending;
     }
 
-    fn from_uplink(
+    fn take_uplink_frame(
         &self,
         hdr: &VirtioNetHdr,
         frame: &[u8],
