@@ -159,7 +159,12 @@ impl Default for PortCounters {
 
 impl PortCounters {
     pub fn count_tx(&self, bytes: usize) {
-        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+        self.count_tx_many(1, bytes);
+    }
+
+    /// `packets` frames of `bytes` bytes in all (one update per burst).
+    pub fn count_tx_many(&self, packets: u64, bytes: usize) {
+        self.tx_packets.fetch_add(packets, Ordering::Relaxed);
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 

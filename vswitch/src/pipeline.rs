@@ -247,7 +247,8 @@ impl Burst<'_> {
     /// only decided here, and written at the flush together with the burst's other frames
     /// for that vNIC (one ring lock and translation per receiver and burst, not per frame).
     /// Its disposition is `Forwarded` once decided; a delivery drop is counted on the
-    /// receiver at the flush, as always.
+    /// receiver at the flush, as always. The caller counts the burst's transmitted frames
+    /// (`PortCounters::count_tx_many`, one update per burst).
     pub fn from_vnic_deferred(
         &self,
         port: &VnicPort,
@@ -269,7 +270,9 @@ impl Burst<'_> {
         now: u64,
         scratch: &mut Scratch,
     ) -> Disposition {
-        port.counters.count_tx(frame.len());
+        if slot.is_none() {
+            port.counters.count_tx(frame.len());
+        }
         let table = &*self.table;
         let ingress = PortRef::Vnic(port.id);
         let r = (|| {
@@ -619,7 +622,8 @@ mod tests {
         assert_eq!(seqs(&b), [0, 2, 4]);
         assert_eq!(seqs(&c), [1]);
         assert!(d.inbox.is_empty());
-        assert_eq!(a.counters.snapshot().tx_packets, 5);
+        // The burst's owner counts what it sent, once per burst.
+        assert_eq!(a.counters.snapshot().tx_packets, 0);
         // The scratch is ready for the next burst.
         p.burst()
             .flush_deferred(&mut s, |_| unreachable!("nothing deferred"));

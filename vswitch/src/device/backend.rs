@@ -312,9 +312,12 @@ impl VnicBackend {
                 ring.publish_used(cursor.next_used);
                 // Stage 2: decide on every frame; frames for other vNICs wait for stage 3.
                 let burst = s.pipeline.burst();
+                let (mut sent, mut sent_bytes) = (0, 0);
                 for (slot, span) in spans[..n].iter().enumerate() {
                     let Some(span) = span else { continue };
                     let bytes = buf.chain(*span);
+                    sent += 1;
+                    sent_bytes += bytes.len() - hdr_len;
                     // parse() cannot fail: the chain is at least hdr_len >= 10 bytes.
                     let hdr = VirtioNetHdr::parse(&bytes[..hdr_len]).unwrap_or_default();
                     burst.from_vnic_deferred(
@@ -326,6 +329,7 @@ impl VnicBackend {
                         scratch,
                     );
                 }
+                s.port.counters.count_tx_many(sent, sent_bytes);
                 // Stage 3: write them, one group per receiver.
                 let frame = |slot: u16| match spans.get(slot as usize).copied().flatten() {
                     Some(span) => buf.chain(span).get(hdr_len..).unwrap_or(&[]),
