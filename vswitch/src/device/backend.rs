@@ -593,6 +593,9 @@ impl RxSink for Session {
         let hdr_len = vnet_hdr_len(features);
         let mut cursor = Cursor::resume(vstate.get_queue(), *saved);
         let used_before = cursor.next_used;
+        if frames.len() > 1 {
+            cursor.prefetch_burst(&ring, frames.len());
+        }
         let (mut written, mut bytes) = (0, 0);
         for ((frame, meta), result) in frames.iter().zip(metas).zip(results.iter_mut()) {
             // A frame that needs segmenting or a checksum goes through the owner, and the
