@@ -24,6 +24,7 @@ pub mod enforcer;
 pub mod filter;
 pub mod firewall;
 pub mod flowlog;
+pub mod huge_alloc;
 pub mod inbox;
 pub mod mac;
 pub mod net_hdr;

@@ -28,6 +28,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tracing::{error, info, warn};
 
+/// Large tables on transparent huge pages (config `huge_pages`, see `vswitch::huge_alloc`).
+#[global_allocator]
+static ALLOC: vswitch::huge_alloc::HugeTableAlloc = vswitch::huge_alloc::HugeTableAlloc;
+
 use vswitch::config::Config;
 use vswitch::daemon::{Daemon, DaemonError, FilterMode};
 
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<()> {
     let cfg = Config::load(&args.config)?;
+    vswitch::huge_alloc::set_enabled(cfg.huge_pages);
     if args.check {
         for line in Daemon::check(&cfg)? {
             println!("{line}");
