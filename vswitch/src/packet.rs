@@ -1,7 +1,10 @@
 //! A typed, copy-out view of the headers of one Ethernet frame.
 //!
 //! Parsing is done by etherparse (strict mode: lengths must be consistent); we then copy the
-//! few fields the switch, the spoof guard and the firewall need into plain values. The view
+//! few fields the switch, the spoof guard and the firewall need into plain values. The common
+//! shapes (Ethernet II [+ 802.1Q] + IPv4/IPv6 + TCP/UDP) are first tried by a hand-written
+//! decoder ([`fast`]) that must agree with etherparse field for field and hands everything
+//! else to it. The view
 //! holds no borrow of the frame, so the TX path can keep mutating its buffer (checksum
 //! completion) after the decision was taken on the same bytes — the bytes we decided on are the
 //! bytes we forward (pitfall 2: decide on our copy, never on guest memory).
@@ -15,6 +18,8 @@ use dfw::flow::{FiveTuple, IpProtocol};
 use etherparse::{LinkExtSlice, LinkSlice, NetSlice, SlicedPacket, TransportSlice};
 
 use crate::mac::MacAddr;
+
+mod fast;
 
 pub const ETHERTYPE_IPV4: u16 = 0x0800;
 pub const ETHERTYPE_ARP: u16 = 0x0806;
@@ -379,7 +384,21 @@ fn window_scale(t: &etherparse::TcpSlice<'_>) -> Option<u8> {
 
 impl ParsedPacket {
     /// Parses an Ethernet frame (without virtio-net header).
+    ///
+    /// Common shapes are decoded by the hand-written fast path; anything it does not claim
+    /// goes through [`ParsedPacket::parse_reference`]. The result is the same either way.
     pub fn parse(frame: &[u8]) -> Result<ParsedPacket, ParseError> {
+        match fast::parse(frame) {
+            Some(p) => Ok(p),
+            None => Self::parse_reference(frame),
+        }
+    }
+
+    /// The etherparse-based parser: handles every shape and is the reference the fast path
+    /// is tested against. Public for that test and for the A/B benchmark; the data path
+    /// calls [`ParsedPacket::parse`].
+    #[inline(never)]
+    pub fn parse_reference(frame: &[u8]) -> Result<ParsedPacket, ParseError> {
         let sliced = SlicedPacket::from_ethernet(frame).map_err(ParseError::Sliced)?;
         let eth2 = match &sliced.link {
             Some(LinkSlice::Ethernet2(e)) => e,
