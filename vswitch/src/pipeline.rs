@@ -10,6 +10,13 @@
 //!     -> deliver: egress vNIC inbox | uplink TAP  drop: port_down, backlog_full, ...
 //! ```
 //!
+//! A vNIC's TX burst (up to 32 frames) goes through in stages: the backend copies every chain
+//! of the burst out of guest memory, then [`Burst::from_vnic_deferred`] decides on each frame
+//! (parse, spoof guard, switching, firewall) and only notes where a frame for another vNIC
+//! goes, and [`Burst::flush_deferred`] writes them, one group per receiver: one lock and ring
+//! translation per receiver and burst instead of per frame, and the group's descriptors are
+//! prefetched together. The port table and the firewall are loaded once per burst ([`Burst`]).
+//!
 //! [`Pipeline`] holds the port table and the filter behind `ArcSwap`s: the API adds or removes
 //! vNICs, and installs a newly realized policy, by publishing a new immutable snapshot; frames
 //! in flight finish with the snapshot they loaded. Writers are serialised by a mutex so two
