@@ -261,7 +261,7 @@ impl ConnTrack {
                 Existing::Gone => {}
             }
         }
-        self.new_connection(zone, kind, pkt, now, decide)
+        self.new_connection(zone, kind, pkt, now, hash, decide)
     }
 
     /// Packet of a tracked connection.
@@ -339,6 +339,7 @@ impl ConnTrack {
         kind: PacketKind,
         pkt: &PacketMeta,
         now: u64,
+        hash: u64,
         decide: F,
     ) -> CtVerdict
     where
@@ -394,7 +395,8 @@ impl ConnTrack {
         };
         entry.expires = now.saturating_add(self.timeouts_ns[entry.timeout_class() as usize]);
         entry.count(Direction::Original, pkt.len);
-        self.table.insert(entry);
+        // `hash` is the key's: `entry.orig` is the packet's tuple, in the packet's zone.
+        self.table.insert_hashed(entry, hash);
         self.stats.new += 1;
         self.stats.picked_up += u64::from(picked_up);
         CtVerdict::New { mark, picked_up }

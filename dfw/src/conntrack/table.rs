@@ -194,7 +194,17 @@ impl Table {
 
     /// Store a new entry. The caller has checked that neither direction's key is present and
     /// that the limits allow it.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, entry: Entry) -> u32 {
+        let hash = hash_key(&self.hasher, entry.zone, &entry.orig);
+        self.insert_hashed(entry, hash)
+    }
+
+    /// [`Self::insert`] with the hash of the entry's key already computed ([`Self::hash`] of
+    /// its zone and original tuple): a new connection's lookup just computed it.
+    pub(crate) fn insert_hashed(&mut self, entry: Entry, hash: u64) -> u32 {
+        debug_assert_eq!(hash, hash_key(&self.hasher, entry.zone, &entry.orig));
+        let zone = entry.zone;
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some(entry);
@@ -216,10 +226,9 @@ impl Table {
             });
             self.index.grow(live);
         }
-        self.index
-            .insert(hash_key(&self.hasher, entry.zone, &entry.orig), slot);
+        self.index.insert(hash, slot);
         self.len += 1;
-        self.zones.entry(entry.zone).or_default().count += 1;
+        self.zones.entry(zone).or_default().count += 1;
         slot
     }
 

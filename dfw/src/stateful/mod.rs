@@ -146,6 +146,11 @@ impl StatefulFirewall {
 
     /// Process one packet crossing `vnic` in `direction` (egress: leaving the guest;
     /// ingress: to be delivered to it), against the snapshot the thread currently holds.
+    ///
+    /// `#[inline]`: the data path calls it once per packet and zone from another crate; inlined
+    /// there, the [`Outcome`] is taken apart in registers instead of being written out and
+    /// read back (a stall when its wide loads meet the narrow stores that built it).
+    #[inline]
     pub fn process<'s>(
         &mut self,
         snap: &'s PolicySnapshot,

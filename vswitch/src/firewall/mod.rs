@@ -219,11 +219,19 @@ struct Bound {
 /// non-cryptographic hash is fine; SipHash cost ~15% of an established packet's time.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 
+/// Port ids below this are looked up per packet in [`FwState::dense`], an array, instead of
+/// the map (ids are allocated in sequence from 0 and not reused; a daemon that has seen more
+/// vNICs than this falls back to the map for the newer ones).
+const DENSE_IDS: u32 = 4096;
+
 /// What the packet threads read.
 #[derive(Default)]
 struct FwState {
     snapshot: Option<Arc<PolicySnapshot>>,
     vnics: FastMap<PortId, Bound>,
+    /// `vnics` again, indexed by port id for ids below [`DENSE_IDS`] (up to the largest bound
+    /// one): a packet's two lookups are an index each instead of a hash probe each.
+    dense: Vec<Option<Bound>>,
     rules: FastMap<RuleId, Arc<RuleStats>>,
     /// Distinct per published state and increasing (a process-wide sequence, published
     /// under the registry lock): per-zone caches of `rules` entries know when they are
@@ -235,8 +243,18 @@ struct FwState {
 static FW_STATE_EPOCH: AtomicU64 = AtomicU64::new(1);
 
 impl FwState {
+    /// The vNIC bound as `id`, on the packet path.
+    #[inline]
+    fn bound(&self, id: PortId) -> Option<&Bound> {
+        if id.0 < DENSE_IDS {
+            self.dense.get(id.0 as usize).and_then(Option::as_ref)
+        } else {
+            self.vnics.get(&id)
+        }
+    }
+
     fn handle(&self, id: PortId) -> Option<EndpointHandle> {
-        self.vnics.get(&id).and_then(|b| b.handle)
+        self.bound(id).and_then(|b| b.handle)
     }
 
     fn count_rule(&self, rule: Option<RuleId>, new: bool, bytes: u32) {
@@ -307,12 +325,25 @@ fn ct_drop(r: CtDropReason) -> PolicyDrop {
     }
 }
 
-/// The packet facts a flow event carries.
+/// The packet facts a flow event carries, by reference: the tuple is copied out only when a
+/// record is written, not per packet.
 #[derive(Clone, Copy)]
 struct Seen<'a> {
     now: u64,
+    /// An IP packet as conntrack saw it.
     meta: Option<&'a PacketMeta>,
-    tuple: Option<FiveTuple>,
+    /// The frame, for the paths that are not an IP packet's.
+    pkt: Option<&'a ParsedPacket>,
+}
+
+impl Seen<'_> {
+    fn tuple(&self) -> Option<FiveTuple> {
+        match (self.meta, self.pkt) {
+            (Some(m), _) => Some(m.tuple),
+            (None, Some(p)) => p.five_tuple(),
+            (None, None) => None,
+        }
+    }
 }
 
 /// The stateful firewall (see the module doc).
@@ -357,13 +388,18 @@ impl Firewall {
                     }
                 }
             }
-            st.vnics.insert(
-                *id,
-                Bound {
-                    fw: fw.clone(),
-                    handle: view.map(|v| v.handle()),
-                },
-            );
+            let bound = Bound {
+                fw: fw.clone(),
+                handle: view.map(|v| v.handle()),
+            };
+            if id.0 < DENSE_IDS {
+                let i = id.0 as usize;
+                if st.dense.len() <= i {
+                    st.dense.resize(i + 1, None);
+                }
+                st.dense[i] = Some(bound.clone());
+            }
+            st.vnics.insert(*id, bound);
         }
         reg.rules = rules.clone();
         st.rules = rules;
@@ -584,7 +620,7 @@ impl Firewall {
             time: seen.now,
             vnic: fw.id,
             direction,
-            tuple: seen.tuple,
+            tuple: seen.tuple(),
             icmp_type,
             icmp_code,
             verdict,
@@ -723,7 +759,7 @@ impl Firewall {
         let seen = Seen {
             now,
             meta: Some(meta),
-            tuple: Some(meta.tuple),
+            pkt: None,
         };
         // Admissions are logged once the whole path let the packet through, so a flow the
         // receiver refuses is not also logged as forwarded at the sender.
@@ -858,7 +894,7 @@ impl PacketFilter for Firewall {
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
         let st = self.state.load();
         let bound = |p: PortRef| match p {
-            PortRef::Vnic(id) => st.vnics.get(&id).map(Some).ok_or(()),
+            PortRef::Vnic(id) => st.bound(id).map(Some).ok_or(()),
             PortRef::Uplink => Ok(None),
         };
         let (Ok(sender), Ok(receiver)) = (bound(ctx.ingress), bound(ctx.egress)) else {
@@ -869,7 +905,7 @@ impl PacketFilter for Firewall {
         let seen = || Seen {
             now: ctx.now,
             meta: None,
-            tuple: pkt.five_tuple(),
+            pkt: Some(pkt),
         };
         let gen = || st.generation();
         // Fail closed before anything else, control traffic included.
@@ -913,7 +949,7 @@ impl PacketFilter for Firewall {
     fn end_batch(&self, ingress: PortRef, now: u64) {
         if let PortRef::Vnic(id) = ingress {
             let st = self.state.load();
-            if let Some(b) = st.vnics.get(&id) {
+            if let Some(b) = st.bound(id) {
                 let mut z = b.fw.lock();
                 z.sf.conntrack_mut().expire(now, EXPIRE_BUDGET_PER_BATCH);
                 b.fw.note_size(&z);
@@ -926,11 +962,11 @@ impl PacketFilter for Firewall {
     fn observe_drop(&self, ingress: PortRef, pkt: &ParsedPacket, reason: DropReason, now: u64) {
         let PortRef::Vnic(id) = ingress else { return };
         let st = self.state.load();
-        if let Some(b) = st.vnics.get(&id) {
+        if let Some(b) = st.bound(id) {
             let seen = Seen {
                 now,
                 meta: None,
-                tuple: pkt.five_tuple(),
+                pkt: Some(pkt),
             };
             self.log(
                 &b.fw,
