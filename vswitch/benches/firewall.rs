@@ -50,8 +50,8 @@ use vswitch::firewall::Firewall;
 use vswitch::flowlog::FlowLog;
 use vswitch::mac::MacAddr;
 use vswitch::net_hdr::VirtioNetHdr;
-use vswitch::pipeline::{Disposition, Pipeline, Scratch};
 use vswitch::packet::{Net as L3, ParsedPacket};
+use vswitch::pipeline::{Disposition, Pipeline, Scratch};
 use vswitch::port::{PortId, PortRef, VnicIdentity, VnicPort};
 
 const POLICY: &str = r#"
@@ -523,13 +523,7 @@ fn filter_direct(c: &mut Criterion) {
         if let L3::Ipv4(ip) = &mut pkt.net {
             ip.dst = IpAddr::from(dst0.wrapping_add(*k as u32).to_be_bytes());
         }
-        let v = fw.filter(
-            &FilterContext {
-                now: *now,
-                ..cd
-            },
-            &pkt,
-        );
+        let v = fw.filter(&FilterContext { now: *now, ..cd }, &pkt);
         if k.is_multiple_of(BATCH) {
             fw.end_batch(PortRef::Vnic(pc), *now);
             fw.end_batch(PortRef::Vnic(pd), *now);
@@ -543,7 +537,11 @@ fn filter_direct(c: &mut Criterion) {
     g.bench_function("new_connection", |b| b.iter(|| send(&mut k, &mut now)));
     g.finish();
     let st = fw.status();
-    assert_eq!(st[0].counters.allowed_egress, k + 1, "every frame a new connection");
+    assert_eq!(
+        st[0].counters.allowed_egress,
+        k + 1,
+        "every frame a new connection"
+    );
     assert_eq!(st[1].counters.allowed_ingress, k + 1);
     drop(log);
 }

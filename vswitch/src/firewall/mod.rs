@@ -53,7 +53,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use dfw::compile::{EndpointHandle, FlowAction, PolicySnapshot};
 use dfw::conntrack::{
-    ConnInfo, CtConfig, CtConfigError, CtDropReason, CtVerdict, PacketMeta, Zone,
+    ConnInfo, CtConfig, CtConfigError, CtDropReason, CtVerdict, FlowHasher, HashedPacket,
+    PacketMeta, Zone,
 };
 use dfw::flow::FiveTuple;
 use dfw::model::{Direction, EndpointKey, RuleId};
@@ -351,6 +352,9 @@ pub struct Firewall {
     state: ArcSwap<FwState>,
     registry: Mutex<Registry>,
     ct_config: CtConfig,
+    /// Every vNIC's table hashes with a clone of it, so a packet crossing two zones is
+    /// hashed once.
+    hasher: FlowHasher,
     sink: Option<FlowSink>,
     /// Frames from or to a port the firewall does not know (not bound): dropped.
     unknown_port_drops: AtomicU64,
@@ -364,6 +368,7 @@ impl Firewall {
         Ok(Firewall {
             state: ArcSwap::from_pointee(FwState::default()),
             registry: Mutex::new(Registry::default()),
+            hasher: FlowHasher::new(ct_config.hash_seed),
             ct_config,
             sink,
             unknown_port_drops: AtomicU64::new(0),
@@ -409,7 +414,7 @@ impl Firewall {
     /// Registers a vNIC (its connection table starts empty). It is realized as soon as the
     /// installed snapshot contains `key`.
     pub fn bind_vnic(&self, id: PortId, name: &str, key: EndpointKey) -> Result<(), CtConfigError> {
-        let sf = StatefulFirewall::new(self.ct_config.clone())?;
+        let sf = StatefulFirewall::with_hasher(self.ct_config.clone(), self.hasher.clone())?;
         let fw = Arc::new(VnicFw {
             id,
             name: name.to_owned(),
@@ -765,6 +770,8 @@ impl Firewall {
         // receiver refuses is not also logged as forwarded at the sender.
         let mut at_sender = None;
         let mut at_receiver = None;
+        // Hashed once for both zones.
+        let hashed = self.hasher.packet(meta);
         if let (Some(_), Some(r)) = (sender, receiver) {
             // The receiver's table is read second: start loading its line now, so that on a
             // table bigger than the caches its miss overlaps with the sender's. (Not worth an
@@ -773,17 +780,17 @@ impl Firewall {
                 r.fw.lock()
                     .sf
                     .conntrack()
-                    .prefetch(r.fw.zone(), &meta.tuple);
+                    .prefetch_packet(r.fw.zone(), &hashed);
             }
         }
         if let Some(s) = sender {
-            match self.cross(st, s, Direction::Egress, meta, seen) {
+            match self.cross(st, s, Direction::Egress, &hashed, seen) {
                 Crossed::Pass(admitted) => at_sender = admitted.map(|a| (s, a)),
                 Crossed::Stop(v) => return v,
             }
         }
         if let Some(r) = receiver {
-            match self.cross(st, r, Direction::Ingress, meta, seen) {
+            match self.cross(st, r, Direction::Ingress, &hashed, seen) {
                 Crossed::Pass(admitted) => at_receiver = admitted.map(|a| (r, a)),
                 Crossed::Stop(v) => return v,
             }
@@ -805,9 +812,10 @@ impl Firewall {
         st: &FwState,
         b: &Bound,
         direction: Direction,
-        meta: &PacketMeta,
+        hashed: &HashedPacket<'_>,
         seen: Seen<'_>,
     ) -> Crossed {
+        let meta = hashed.meta();
         let mut guard = b.fw.lock();
         // See "Policy changes" in the module doc: a state older than the zone's last
         // re-check could admit a connection that re-check did not see.
@@ -828,7 +836,8 @@ impl Firewall {
             endpoint,
         };
         let z = &mut *guard;
-        let out = z.sf.process(snap, vnic, direction, meta, seen.now);
+        let out =
+            z.sf.process_hashed_packet(snap, vnic, direction, hashed, seen.now);
         match out.ct {
             CtVerdict::Established { mark, .. } | CtVerdict::Related { mark, .. } => {
                 let sf = &z.sf;
