@@ -24,6 +24,15 @@
 //! testpmd loop). Packets of a tracked connection never look at the policy, so the two
 //! should cost the same. `rule_counters/100000` is what the control plane's counter
 //! snapshot (`counters.json`, once a second) costs the firewall at that size.
+//!
+//! `firewall_filter/*`: the firewall alone (`PacketFilter::filter` on an already parsed
+//! frame, as the pipeline calls it), so that its own cost is not diluted by parsing, the spoof
+//! guard and switching:
+//! * `established_pingpong`: one established UDP flow between two vNICs, one frame each way
+//!   per iteration (two zone crossings per frame);
+//! * `new_connection`: every frame a new UDP connection both sides allow (classify, egress
+//!   decision + insert in A's zone, ingress decision + insert in B's, rule counters, flow-log
+//!   record rate-limited), with tables sized and expired as in `new_flow_allowed`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -36,13 +45,14 @@ use dfw::model::Direction;
 use dfw::model::{Endpoint, EndpointKind};
 use etherparse::PacketBuilder;
 
-use vswitch::filter::{InsecureAllowAll, PacketFilter};
+use vswitch::filter::{FilterContext, FilterVerdict, InsecureAllowAll, PacketFilter};
 use vswitch::firewall::Firewall;
 use vswitch::flowlog::FlowLog;
 use vswitch::mac::MacAddr;
 use vswitch::net_hdr::VirtioNetHdr;
+use vswitch::packet::{Net as L3, ParsedPacket};
 use vswitch::pipeline::{Disposition, Pipeline, Scratch};
-use vswitch::port::{PortRef, VnicIdentity, VnicPort};
+use vswitch::port::{PortId, PortRef, VnicIdentity, VnicPort};
 
 const POLICY: &str = r#"
 apiVersion: networking.k8s.io/v1
@@ -434,11 +444,113 @@ fn established_rules(c: &mut Criterion) {
     }
 }
 
+/// The firewall alone (see the module doc): vNICs c (port 1) and d (port 2) under the
+/// `newconn` policy.
+fn filter_direct(c: &mut Criterion) {
+    let mut engine = Engine::new(EngineConfig::default());
+    engine.upsert_endpoint(endpoint_at("c", IP_C)).unwrap();
+    engine.upsert_endpoint(endpoint_at("d", IP_D)).unwrap();
+    engine
+        .apply(
+            dfw::crd::parse_documents(NEWCONN_POLICY, "newconn.yaml")
+                .unwrap()
+                .objects,
+        )
+        .unwrap();
+    let max = 2_097_152;
+    let ct = CtConfig {
+        max_entries: max,
+        max_entries_per_zone: max,
+        initial_capacity: max.min(1 << 16),
+        timeouts: dfw::conntrack::Timeouts {
+            udp_first: Duration::from_millis(200),
+            ..Default::default()
+        },
+        ..CtConfig::default()
+    };
+    let log = FlowLog::start(None, 0).unwrap();
+    let fw = Firewall::new(ct, Some(log.sink())).unwrap();
+    let (pc, pd) = (PortId(1), PortId(2));
+    fw.bind_vnic(pc, "c", endpoint_at("c", IP_C).key()).unwrap();
+    fw.bind_vnic(pd, "d", endpoint_at("d", IP_D).key()).unwrap();
+    fw.install(engine.snapshot());
+    let udp = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([0x52, 0x54, 0, 0, 0, 3], [0x52, 0x54, 0, 0, 0, 4])
+            .ipv4(src, dst, 64)
+            .udp(sport, dport)
+            .write(&mut f, &[0u8; 18])
+            .unwrap();
+        ParsedPacket::parse(&f).unwrap()
+    };
+    let cd = FilterContext {
+        ingress: PortRef::Vnic(pc),
+        egress: PortRef::Vnic(pd),
+        now: 1,
+    };
+    let dc = FilterContext {
+        ingress: PortRef::Vnic(pd),
+        egress: PortRef::Vnic(pc),
+        now: 1,
+    };
+    let mut g = c.benchmark_group("firewall_filter");
+
+    // Established: a flow on its own port pair, apart from the new connections below.
+    let (fwd, rev) = (udp(IP_C, IP_D, 2000, 1001), udp(IP_D, IP_C, 1001, 2000));
+    for _ in 0..3 {
+        assert_eq!(fw.filter(&cd, &fwd), FilterVerdict::Forward);
+        assert_eq!(fw.filter(&dc, &rev), FilterVerdict::Forward);
+    }
+    g.throughput(Throughput::Elements(2));
+    g.bench_function("established_pingpong", |b| {
+        b.iter(|| {
+            (
+                fw.filter(&cd, std::hint::black_box(&fwd)),
+                fw.filter(&dc, std::hint::black_box(&rev)),
+            )
+        })
+    });
+
+    // New connections: the destination address counts up; time at 500k frames/s.
+    const STEP: u64 = 2_000;
+    const BATCH: u64 = 32;
+    let mut pkt = udp(IP_C, IP_D, 1000, 1001);
+    let dst0 = u32::from_be_bytes(IP_D);
+    let (mut k, mut now) = (0u64, 1u64);
+    let mut send = |k: &mut u64, now: &mut u64| {
+        *k += 1;
+        *now += STEP;
+        if let L3::Ipv4(ip) = &mut pkt.net {
+            ip.dst = IpAddr::from(dst0.wrapping_add(*k as u32).to_be_bytes());
+        }
+        let v = fw.filter(&FilterContext { now: *now, ..cd }, &pkt);
+        if k.is_multiple_of(BATCH) {
+            fw.end_batch(PortRef::Vnic(pc), *now);
+            fw.end_batch(PortRef::Vnic(pd), *now);
+        }
+        v
+    };
+    for _ in 0..150_000 {
+        assert_eq!(send(&mut k, &mut now), FilterVerdict::Forward);
+    }
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("new_connection", |b| b.iter(|| send(&mut k, &mut now)));
+    g.finish();
+    let st = fw.status();
+    assert_eq!(
+        st[0].counters.allowed_egress,
+        k + 1,
+        "every frame a new connection"
+    );
+    assert_eq!(st[1].counters.allowed_ingress, k + 1);
+    drop(log);
+}
+
 criterion_group! {
     name = firewall_benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = benches, established_rules
+    targets = filter_direct, benches, established_rules
 }
 criterion_main!(firewall_benches);

@@ -144,6 +144,11 @@ impl RateLimiter {
     pub fn allow(&self, now: u64, per_second: u32) -> bool {
         let w = now / 1_000_000_000 + 1; // +1: window 0 means "never used"
         let cur = self.window.load(Ordering::Relaxed);
+        // Over budget in the current window: a plain load says so, without the locked
+        // read-modify-write (a flood of new flows asks here twice per packet).
+        if cur == w && self.count.load(Ordering::Relaxed) >= per_second {
+            return false;
+        }
         if cur != w
             && self
                 .window

@@ -106,6 +106,7 @@ impl Entry {
         }
     }
 
+    #[inline]
     pub(crate) fn timeout_class(&self) -> TimeoutClass {
         match &self.proto {
             ProtoState::Tcp(c) => c.timeout_class(),

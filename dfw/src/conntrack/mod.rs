@@ -34,6 +34,7 @@ pub use config::{CtConfig, CtConfigError, Timeouts, MAX_TABLE_ENTRIES};
 pub use entry::{ConnInfo, ConnState, Direction, UdpState, Zone};
 pub use packet::{PacketMeta, TcpFlags};
 pub use stats::{CtDropReason, CtStats, InvalidReason};
+pub use table::{FlowHasher, HashedPacket};
 pub use tcp::TcpPeerState;
 
 use config::TimeoutClass;
@@ -117,8 +118,15 @@ impl std::fmt::Debug for ConnTrack {
 
 impl ConnTrack {
     pub fn new(cfg: CtConfig) -> Result<Self, CtConfigError> {
+        let hasher = FlowHasher::new(cfg.hash_seed);
+        Self::with_hasher(cfg, hasher)
+    }
+
+    /// A table hashing with `hasher` (instead of one from `cfg.hash_seed`): tables that share
+    /// a hasher use one [`HashedPacket`] hash for a packet crossing several of them.
+    pub fn with_hasher(cfg: CtConfig, hasher: FlowHasher) -> Result<Self, CtConfigError> {
         cfg.validate()?;
-        let table = Table::new(cfg.initial_capacity.min(cfg.max_entries), cfg.hash_seed);
+        let table = Table::new(cfg.initial_capacity.min(cfg.max_entries), hasher);
         Ok(Self {
             timeouts_ns: cfg.timeouts.to_nanos(),
             cfg,
@@ -129,6 +137,12 @@ impl ConnTrack {
 
     pub fn config(&self) -> &CtConfig {
         &self.cfg
+    }
+
+    /// The table's hasher: [`FlowHasher::packet`] with it hashes packets for
+    /// [`Self::process_hashed_packet`].
+    pub fn hasher(&self) -> &FlowHasher {
+        self.table.hasher()
     }
 
     pub fn stats(&self) -> &CtStats {
@@ -172,6 +186,13 @@ impl ConnTrack {
         self.table.prefetch_bucket(self.table.hash(zone.0, tuple));
     }
 
+    /// [`Self::prefetch`] for a hashed packet.
+    #[inline]
+    pub fn prefetch_packet(&self, zone: Zone, pkt: &HashedPacket<'_>) {
+        self.table
+            .prefetch_bucket(self.table.hash_packet(zone.0, pkt));
+    }
+
     /// Classify one packet, updating connection state and counters.
     ///
     /// `decide` is called only when the packet would start a new connection (or is an
@@ -181,6 +202,24 @@ impl ConnTrack {
         F: FnOnce(&PacketMeta) -> Decision,
     {
         self.process_hashed(zone, pkt, now, None, decide)
+    }
+
+    /// [`Self::process`] for a packet hashed by [`FlowHasher::packet`]: if by this table's
+    /// hasher, the hash is not computed again (a packet crossing several zones is hashed
+    /// once); by another, it is. Same results as `process`.
+    #[inline]
+    pub fn process_hashed_packet<F>(
+        &mut self,
+        zone: Zone,
+        pkt: &HashedPacket<'_>,
+        now: u64,
+        decide: F,
+    ) -> CtVerdict
+    where
+        F: FnOnce(&PacketMeta) -> Decision,
+    {
+        let hash = self.table.hash_packet(zone.0, pkt);
+        self.process_hashed(zone, pkt.meta(), now, Some(hash), decide)
     }
 
     /// [`Self::process`] for a burst of packets of one zone (a vNIC queue poll), in order,
@@ -261,7 +300,7 @@ impl ConnTrack {
                 Existing::Gone => {}
             }
         }
-        self.new_connection(zone, kind, pkt, now, decide)
+        self.new_connection(zone, kind, pkt, now, hash, decide)
     }
 
     /// Packet of a tracked connection.
@@ -339,6 +378,7 @@ impl ConnTrack {
         kind: PacketKind,
         pkt: &PacketMeta,
         now: u64,
+        hash: u64,
         decide: F,
     ) -> CtVerdict
     where
@@ -394,7 +434,8 @@ impl ConnTrack {
         };
         entry.expires = now.saturating_add(self.timeouts_ns[entry.timeout_class() as usize]);
         entry.count(Direction::Original, pkt.len);
-        self.table.insert(entry);
+        // `hash` is the key's: `entry.orig` is the packet's tuple, in the packet's zone.
+        self.table.insert_hashed(entry, hash);
         self.stats.new += 1;
         self.stats.picked_up += u64::from(picked_up);
         CtVerdict::New { mark, picked_up }

@@ -11,10 +11,16 @@
 //! The [`Index`] holds slot numbers with 16-bit signatures; the key itself is read from the
 //! slab when probing, which keeps the index at ~16 bytes per connection.
 //!
-//! Keys are guest controlled, so the hasher is seeded per table at random (foldhash): a guest
-//! cannot precompute 5-tuples that collide in the index. The endpoints are ordered before
-//! hashing (not combined symmetrically, e.g. by XOR, which would let a guest pick colliding
-//! port pairs whatever the seed).
+//! Keys are guest controlled, so the hasher is seeded at random (foldhash): a guest cannot
+//! precompute 5-tuples that collide in the index. The endpoints are ordered before hashing
+//! (not combined symmetrically, e.g. by XOR, which would let a guest pick colliding port pairs
+//! whatever the seed).
+//!
+//! The hash is in two steps: a [`FlowHasher`] hashes the tuple (no zone), and the table
+//! folds the zone in with an XOR of a per-zone constant. Tables built with one [`FlowHasher`]
+//! (e.g. every vNIC's of one firewall) can then share the first step: a packet crossing two
+//! zones is hashed once ([`HashedPacket`]). Sharing the seed between tables gives a guest
+//! nothing it did not have: collisions are as unknowable in every table as in one.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -25,6 +31,7 @@ use foldhash::SharedSeed;
 
 use super::entry::{addr_bits, Direction, Entry};
 use super::index::{prefetch, Index};
+use super::packet::PacketMeta;
 use crate::flow::FiveTuple;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,11 +41,90 @@ struct ZoneCount {
     limit: Option<u32>,
 }
 
+/// Tells hashers apart: a [`FlowHash`] is used by a table only if it comes from the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HasherId {
+    /// From a fixed seed (tests): every hasher with that seed hashes alike.
+    Seeded(u64),
+    /// Randomly seeded: a process-wide sequence number.
+    Random(u64),
+}
+
+static NEXT_RANDOM_HASHER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The seeded hash of connection keys (see the module doc). Cheap to clone; clones hash
+/// alike, so tables built with clones share [`FlowHash`]es.
+#[derive(Clone)]
+pub struct FlowHasher {
+    state: SeedableRandomState,
+    id: HasherId,
+}
+
+impl std::fmt::Debug for FlowHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The seed stays out of logs.
+        f.debug_struct("FlowHasher").finish_non_exhaustive()
+    }
+}
+
+impl FlowHasher {
+    /// `None`: a random seed (what the data path must use: keys are guest controlled);
+    /// `Some`: a fixed one, for reproducible tests (see [`super::CtConfig::hash_seed`]).
+    pub fn new(seed: Option<u64>) -> Self {
+        match seed {
+            Some(s) => Self {
+                state: SeedableRandomState::with_seed(s, SharedSeed::global_fixed()),
+                id: HasherId::Seeded(s),
+            },
+            None => Self {
+                state: SeedableRandomState::random(),
+                id: HasherId::Random(
+                    NEXT_RANDOM_HASHER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                ),
+            },
+        }
+    }
+
+    /// Hashes `meta`'s tuple, for [`super::ConnTrack::process_hashed_packet`] in each zone
+    /// the packet crosses.
+    #[inline]
+    pub fn packet<'a>(&self, meta: &'a PacketMeta) -> HashedPacket<'a> {
+        HashedPacket {
+            meta,
+            hash: FlowHash {
+                value: tuple_hash(&self.state, &meta.tuple),
+                hasher: self.id,
+            },
+        }
+    }
+}
+
+/// A tuple's hash by one [`FlowHasher`], before the zone is folded in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlowHash {
+    value: u64,
+    hasher: HasherId,
+}
+
+/// A packet with the hash of its tuple ([`FlowHasher::packet`]). Borrows the packet, so the
+/// hash cannot outlive or disagree with it.
+#[derive(Debug, Clone, Copy)]
+pub struct HashedPacket<'a> {
+    meta: &'a PacketMeta,
+    hash: FlowHash,
+}
+
+impl<'a> HashedPacket<'a> {
+    pub fn meta(&self) -> &'a PacketMeta {
+        self.meta
+    }
+}
+
 pub(crate) struct Table {
     slots: Vec<Option<Entry>>,
     free: Vec<u32>,
     index: Index,
-    hasher: SeedableRandomState,
+    hasher: FlowHasher,
     zones: HashMap<u32, ZoneCount, RandomState>,
     len: u32,
     /// Clock hand of the incremental expiry sweep.
@@ -51,9 +137,21 @@ const SWEEP_GROUP: usize = 16;
 /// batch are too short for the hardware prefetcher to pick up the stream.
 const SWEEP_AHEAD: usize = 4;
 
+/// The per-zone constant XORed into a tuple's hash (zone 0: none).
+#[inline]
+fn zone_salt(zone: u32) -> u64 {
+    u64::from(zone).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 /// Hash of the connection `t` belongs to in `zone`: the same for `t` and `t.reversed()`.
 #[inline]
-fn hash_key(hasher: &SeedableRandomState, zone: u32, t: &FiveTuple) -> u64 {
+fn hash_key(hasher: &FlowHasher, zone: u32, t: &FiveTuple) -> u64 {
+    tuple_hash(&hasher.state, t) ^ zone_salt(zone)
+}
+
+/// [`hash_key`] without the zone.
+#[inline]
+fn tuple_hash(hasher: &SeedableRandomState, t: &FiveTuple) -> u64 {
     let mut h = hasher.build_hasher();
     let proto = u64::from(t.protocol.number());
     match (t.src, t.dst) {
@@ -63,7 +161,7 @@ fn hash_key(hasher: &SeedableRandomState, zone: u32, t: &FiveTuple) -> u64 {
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
             h.write_u64(lo);
             h.write_u64(hi);
-            h.write_u64(u64::from(zone) << 32 | proto);
+            h.write_u64(proto);
         }
         (s, d) => {
             // Family in the port word: an IPv4 address and its zero-extended IPv6 twin differ.
@@ -75,18 +173,14 @@ fn hash_key(hasher: &SeedableRandomState, zone: u32, t: &FiveTuple) -> u64 {
             h.write_u128(lo.0);
             h.write_u128(hi.0);
             h.write_u64(u64::from(lo.1) << 32 | u64::from(hi.1));
-            h.write_u64(u64::from(zone) << 32 | 1 << 16 | proto);
+            h.write_u64(1 << 16 | proto);
         }
     }
     h.finish()
 }
 
 impl Table {
-    pub(crate) fn new(capacity: u32, seed: Option<u64>) -> Self {
-        let hasher = match seed {
-            Some(s) => SeedableRandomState::with_seed(s, SharedSeed::global_fixed()),
-            None => SeedableRandomState::random(),
-        };
+    pub(crate) fn new(capacity: u32, hasher: FlowHasher) -> Self {
         let capacity = capacity as usize;
         Self {
             slots: Vec::with_capacity(capacity),
@@ -125,6 +219,21 @@ impl Table {
     #[inline]
     pub(crate) fn hash(&self, zone: u32, t: &FiveTuple) -> u64 {
         hash_key(&self.hasher, zone, t)
+    }
+
+    pub(crate) fn hasher(&self) -> &FlowHasher {
+        &self.hasher
+    }
+
+    /// The hash of `p`'s key in `zone`: from the packet's hash if it is by this table's
+    /// hasher, else computed.
+    #[inline]
+    pub(crate) fn hash_packet(&self, zone: u32, p: &HashedPacket<'_>) -> u64 {
+        if p.hash.hasher == self.hasher.id {
+            p.hash.value ^ zone_salt(zone)
+        } else {
+            self.hash(zone, &p.meta.tuple)
+        }
     }
 
     /// Find the entry `t` belongs to in `zone`, in either direction.
@@ -194,7 +303,17 @@ impl Table {
 
     /// Store a new entry. The caller has checked that neither direction's key is present and
     /// that the limits allow it.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, entry: Entry) -> u32 {
+        let hash = hash_key(&self.hasher, entry.zone, &entry.orig);
+        self.insert_hashed(entry, hash)
+    }
+
+    /// [`Self::insert`] with the hash of the entry's key already computed ([`Self::hash`] of
+    /// its zone and original tuple): a new connection's lookup just computed it.
+    pub(crate) fn insert_hashed(&mut self, entry: Entry, hash: u64) -> u32 {
+        debug_assert_eq!(hash, hash_key(&self.hasher, entry.zone, &entry.orig));
+        let zone = entry.zone;
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some(entry);
@@ -216,33 +335,41 @@ impl Table {
             });
             self.index.grow(live);
         }
-        self.index
-            .insert(hash_key(&self.hasher, entry.zone, &entry.orig), slot);
+        self.index.insert(hash, slot);
         self.len += 1;
-        self.zones.entry(entry.zone).or_default().count += 1;
+        self.zones.entry(zone).or_default().count += 1;
         slot
     }
 
-    /// Remove the entry in `slot` and both its index keys.
-    pub(crate) fn remove(&mut self, slot: u32) -> Option<Entry> {
-        let e = self.get(slot)?;
+    /// Remove the entry in `slot` and its index key. Returns whether there was one.
+    pub(crate) fn remove(&mut self, slot: u32) -> bool {
+        let Some(e) = self.get(slot) else {
+            return false;
+        };
         let hash = hash_key(&self.hasher, e.zone, &e.orig);
         self.remove_hashed(slot, hash)
     }
 
-    /// [`Self::remove`] with the hash of the entry's key already computed.
-    fn remove_hashed(&mut self, slot: u32, hash: u64) -> Option<Entry> {
-        let entry = self.slots.get_mut(slot as usize)?.take()?;
+    /// [`Self::remove`] with the hash of the entry's key already computed. The entry is
+    /// dropped in place, not moved out: it is 128 bytes, and nobody wants it.
+    fn remove_hashed(&mut self, slot: u32, hash: u64) -> bool {
+        let Some(cell) = self.slots.get_mut(slot as usize) else {
+            return false;
+        };
+        let Some(zone) = cell.as_ref().map(|e| e.zone) else {
+            return false;
+        };
+        *cell = None;
         self.index.remove(hash, slot);
         self.free.push(slot);
         self.len -= 1;
-        if let Some(z) = self.zones.get_mut(&entry.zone) {
+        if let Some(z) = self.zones.get_mut(&zone) {
             z.count = z.count.saturating_sub(1);
             if z.count == 0 && z.limit.is_none() {
-                self.zones.remove(&entry.zone);
+                self.zones.remove(&zone);
             }
         }
-        Some(entry)
+        true
     }
 
     /// Advance the sweep hand over at most `budget` slots, removing expired entries.
@@ -276,7 +403,7 @@ impl Table {
                 }
             }
             for &(slot, hash) in &group[..found] {
-                if self.remove_hashed(slot, hash).is_some() {
+                if self.remove_hashed(slot, hash) {
                     removed += 1;
                 }
             }
@@ -394,7 +521,7 @@ mod tests {
 
     #[test]
     fn both_directions_share_one_key_and_other_fields_still_count() {
-        let h = SeedableRandomState::with_seed(7, SharedSeed::global_fixed());
+        let h = FlowHasher::new(Some(7));
         let v4 = t("10.0.0.1", 40000, "10.0.0.2", 80, IpProtocol::Tcp);
         let v6 = t("fd00::1", 40000, "fd00::2", 80, IpProtocol::Udp);
         for x in [v4, v6] {
@@ -419,7 +546,7 @@ mod tests {
 
     #[test]
     fn a_reply_finds_its_entry_as_reply_and_growth_keeps_every_entry() {
-        let mut table = Table::new(1, Some(3));
+        let mut table = Table::new(1, FlowHasher::new(Some(3)));
         let tuple = |i: u32| FiveTuple {
             src: IpAddr::from([10, 0, (i >> 8) as u8, i as u8]),
             dst: IpAddr::from([10, 1, 0, 1]),

@@ -171,6 +171,7 @@ impl TcpConn {
     }
 
     /// pf's timer selection (`pf_tcp_track_full`), plus "first" until the reply side speaks.
+    #[inline]
     pub(crate) fn timeout_class(&self) -> TimeoutClass {
         use TcpPeerState as S;
         let (a, b) = (self.peers[0].state, self.peers[1].state);

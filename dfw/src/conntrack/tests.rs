@@ -1176,3 +1176,72 @@ fn burst_gives_the_same_verdicts_as_single_packets() {
     assert!(got.iter().any(|v| matches!(v, CtVerdict::Denied { .. })));
     burst.check_consistency().unwrap();
 }
+
+/// Two zones' tables sharing a hasher take one packet hash for both, and give the same
+/// verdicts as `process`; a hash by a foreign hasher (another seed, or random) is not used
+/// but recomputed, so the result is the same again.
+#[test]
+fn a_packet_hashed_once_is_tracked_in_every_table_sharing_the_hasher() {
+    let shared = FlowHasher::new(None);
+    let mut a = ConnTrack::with_hasher(cfg(), shared.clone()).unwrap();
+    let mut b = ConnTrack::with_hasher(cfg(), shared.clone()).unwrap();
+    let mut plain = ct();
+    let foreign = [FlowHasher::new(Some(1)), FlowHasher::new(None)];
+    let (za, zb) = (Zone(1), Zone(2));
+    let mut now = SEC;
+    for i in 0..2000u16 {
+        let t = tuple(IpProtocol::Udp, v4(1), 1000 + i, v4(2), 53);
+        let fwd = PacketMeta::datagram(t, 100);
+        let rev = PacketMeta::datagram(t.reversed(), 100);
+        now += 1000;
+        let h = shared.packet(&fwd);
+        assert_eq!(h.meta(), &fwd);
+        let mark = u64::from(i);
+        for (ct, z) in [(&mut a, za), (&mut b, zb)] {
+            assert_eq!(
+                ct.process_hashed_packet(z, &h, now, allow(mark)),
+                CtVerdict::New {
+                    mark,
+                    picked_up: false
+                }
+            );
+            // The reply, hashed by the shared hasher, and again by foreign ones.
+            let hr = shared.packet(&rev);
+            let expected = CtVerdict::Established {
+                dir: Direction::Reply,
+                mark,
+            };
+            assert_eq!(ct.process_hashed_packet(z, &hr, now, no_policy), expected);
+            for f in &foreign {
+                assert_eq!(
+                    ct.process_hashed_packet(z, &f.packet(&rev), now, no_policy),
+                    expected
+                );
+            }
+        }
+        // A table with its own hasher recomputes the hash.
+        assert_eq!(
+            plain.process_hashed_packet(Z, &h, now, allow(mark)),
+            CtVerdict::New {
+                mark,
+                picked_up: false
+            }
+        );
+        assert_eq!(
+            plain.process(Z, &rev, now, no_policy),
+            CtVerdict::Established {
+                dir: Direction::Reply,
+                mark
+            }
+        );
+    }
+    for ct in [&a, &b, &plain] {
+        assert_eq!(ct.len(), 2000);
+        ct.check_consistency().unwrap();
+    }
+    // Expiry finds every entry under the hash it was stored with.
+    for ct in [&mut a, &mut b, &mut plain] {
+        assert_eq!(ct.expire(now + 3600 * SEC, usize::MAX), 2000);
+        ct.check_consistency().unwrap();
+    }
+}

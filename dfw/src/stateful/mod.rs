@@ -36,7 +36,9 @@ mod tests;
 pub use mark::{Mark, MarkInfo};
 
 use crate::compile::{Decision, EndpointHandle, FlowAction, FlowQuery, PolicySnapshot};
-use crate::conntrack::{self, ConnTrack, CtConfig, CtConfigError, CtVerdict, PacketMeta, Zone};
+use crate::conntrack::{
+    self, ConnTrack, CtConfig, CtConfigError, CtVerdict, FlowHasher, HashedPacket, PacketMeta, Zone,
+};
 use crate::flow::{FiveTuple, IpProtocol};
 use crate::model::Direction;
 use mark::MarkTable;
@@ -132,6 +134,16 @@ impl StatefulFirewall {
         })
     }
 
+    /// A firewall whose table hashes with `hasher` ([`ConnTrack::with_hasher`]): give the
+    /// vNICs of one data path clones of one hasher, and hash each packet once
+    /// ([`FlowHasher::packet`]) for [`Self::process_hashed_packet`] in every zone it crosses.
+    pub fn with_hasher(cfg: CtConfig, hasher: FlowHasher) -> Result<Self, CtConfigError> {
+        Ok(Self {
+            ct: ConnTrack::with_hasher(cfg, hasher)?,
+            marks: MarkTable::default(),
+        })
+    }
+
     /// The connection table (statistics, lookups, iteration).
     pub fn conntrack(&self) -> &ConnTrack {
         &self.ct
@@ -146,6 +158,11 @@ impl StatefulFirewall {
 
     /// Process one packet crossing `vnic` in `direction` (egress: leaving the guest;
     /// ingress: to be delivered to it), against the snapshot the thread currently holds.
+    ///
+    /// `#[inline]`: the data path calls it once per packet and zone from another crate; inlined
+    /// there, the [`Outcome`] is taken apart in registers instead of being written out and
+    /// read back (a stall when its wide loads meet the narrow stores that built it).
+    #[inline]
     pub fn process<'s>(
         &mut self,
         snap: &'s PolicySnapshot,
@@ -154,10 +171,38 @@ impl StatefulFirewall {
         pkt: &PacketMeta,
         now: u64,
     ) -> Outcome<'s> {
+        self.process_with(snap, vnic, direction, pkt, None, now)
+    }
+
+    /// [`Self::process`] for a packet hashed by [`FlowHasher::packet`] (see
+    /// [`ConnTrack::process_hashed_packet`]): same results, one hash per packet however many
+    /// zones of tables sharing the hasher it crosses.
+    #[inline]
+    pub fn process_hashed_packet<'s>(
+        &mut self,
+        snap: &'s PolicySnapshot,
+        vnic: Vnic,
+        direction: Direction,
+        pkt: &HashedPacket<'_>,
+        now: u64,
+    ) -> Outcome<'s> {
+        self.process_with(snap, vnic, direction, pkt.meta(), Some(pkt), now)
+    }
+
+    #[inline]
+    fn process_with<'s>(
+        &mut self,
+        snap: &'s PolicySnapshot,
+        vnic: Vnic,
+        direction: Direction,
+        pkt: &PacketMeta,
+        hashed: Option<&HashedPacket<'_>>,
+        now: u64,
+    ) -> Outcome<'s> {
         let mut decision = None;
         let marks = &mut self.marks;
         let generation = snap.generation();
-        let ct = self.ct.process(vnic.zone, pkt, now, |p| {
+        let decide = |p: &PacketMeta| {
             let Some(d) = snap.decide(vnic.endpoint, direction, &query(p)) else {
                 // The endpoint is gone from this snapshot: fail closed.
                 return conntrack::Decision::Deny { mark: Mark::NONE.0 };
@@ -172,7 +217,11 @@ impl StatefulFirewall {
                     mark: marks.mark(&d, generation, false).0,
                 }
             }
-        });
+        };
+        let ct = match hashed {
+            Some(h) => self.ct.process_hashed_packet(vnic.zone, h, now, decide),
+            None => self.ct.process(vnic.zone, pkt, now, decide),
+        };
         let (action, audit) = match ct {
             CtVerdict::New { mark, .. }
             | CtVerdict::Established { mark, .. }

@@ -53,7 +53,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use dfw::compile::{EndpointHandle, FlowAction, PolicySnapshot};
 use dfw::conntrack::{
-    ConnInfo, CtConfig, CtConfigError, CtDropReason, CtVerdict, PacketMeta, Zone,
+    ConnInfo, CtConfig, CtConfigError, CtDropReason, CtVerdict, FlowHasher, HashedPacket,
+    PacketMeta, Zone,
 };
 use dfw::flow::FiveTuple;
 use dfw::model::{Direction, EndpointKey, RuleId};
@@ -219,11 +220,19 @@ struct Bound {
 /// non-cryptographic hash is fine; SipHash cost ~15% of an established packet's time.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 
+/// Port ids below this are looked up per packet in [`FwState::dense`], an array, instead of
+/// the map (ids are allocated in sequence from 0 and not reused; a daemon that has seen more
+/// vNICs than this falls back to the map for the newer ones).
+const DENSE_IDS: u32 = 4096;
+
 /// What the packet threads read.
 #[derive(Default)]
 struct FwState {
     snapshot: Option<Arc<PolicySnapshot>>,
     vnics: FastMap<PortId, Bound>,
+    /// `vnics` again, indexed by port id for ids below [`DENSE_IDS`] (up to the largest bound
+    /// one): a packet's two lookups are an index each instead of a hash probe each.
+    dense: Vec<Option<Bound>>,
     rules: FastMap<RuleId, Arc<RuleStats>>,
     /// Distinct per published state and increasing (a process-wide sequence, published
     /// under the registry lock): per-zone caches of `rules` entries know when they are
@@ -235,8 +244,18 @@ struct FwState {
 static FW_STATE_EPOCH: AtomicU64 = AtomicU64::new(1);
 
 impl FwState {
+    /// The vNIC bound as `id`, on the packet path.
+    #[inline]
+    fn bound(&self, id: PortId) -> Option<&Bound> {
+        if id.0 < DENSE_IDS {
+            self.dense.get(id.0 as usize).and_then(Option::as_ref)
+        } else {
+            self.vnics.get(&id)
+        }
+    }
+
     fn handle(&self, id: PortId) -> Option<EndpointHandle> {
-        self.vnics.get(&id).and_then(|b| b.handle)
+        self.bound(id).and_then(|b| b.handle)
     }
 
     fn count_rule(&self, rule: Option<RuleId>, new: bool, bytes: u32) {
@@ -307,12 +326,25 @@ fn ct_drop(r: CtDropReason) -> PolicyDrop {
     }
 }
 
-/// The packet facts a flow event carries.
+/// The packet facts a flow event carries, by reference: the tuple is copied out only when a
+/// record is written, not per packet.
 #[derive(Clone, Copy)]
 struct Seen<'a> {
     now: u64,
+    /// An IP packet as conntrack saw it.
     meta: Option<&'a PacketMeta>,
-    tuple: Option<FiveTuple>,
+    /// The frame, for the paths that are not an IP packet's.
+    pkt: Option<&'a ParsedPacket>,
+}
+
+impl Seen<'_> {
+    fn tuple(&self) -> Option<FiveTuple> {
+        match (self.meta, self.pkt) {
+            (Some(m), _) => Some(m.tuple),
+            (None, Some(p)) => p.five_tuple(),
+            (None, None) => None,
+        }
+    }
 }
 
 /// The stateful firewall (see the module doc).
@@ -320,6 +352,9 @@ pub struct Firewall {
     state: ArcSwap<FwState>,
     registry: Mutex<Registry>,
     ct_config: CtConfig,
+    /// Every vNIC's table hashes with a clone of it, so a packet crossing two zones is
+    /// hashed once.
+    hasher: FlowHasher,
     sink: Option<FlowSink>,
     /// Frames from or to a port the firewall does not know (not bound): dropped.
     unknown_port_drops: AtomicU64,
@@ -333,6 +368,7 @@ impl Firewall {
         Ok(Firewall {
             state: ArcSwap::from_pointee(FwState::default()),
             registry: Mutex::new(Registry::default()),
+            hasher: FlowHasher::new(ct_config.hash_seed),
             ct_config,
             sink,
             unknown_port_drops: AtomicU64::new(0),
@@ -357,13 +393,18 @@ impl Firewall {
                     }
                 }
             }
-            st.vnics.insert(
-                *id,
-                Bound {
-                    fw: fw.clone(),
-                    handle: view.map(|v| v.handle()),
-                },
-            );
+            let bound = Bound {
+                fw: fw.clone(),
+                handle: view.map(|v| v.handle()),
+            };
+            if id.0 < DENSE_IDS {
+                let i = id.0 as usize;
+                if st.dense.len() <= i {
+                    st.dense.resize(i + 1, None);
+                }
+                st.dense[i] = Some(bound.clone());
+            }
+            st.vnics.insert(*id, bound);
         }
         reg.rules = rules.clone();
         st.rules = rules;
@@ -373,7 +414,7 @@ impl Firewall {
     /// Registers a vNIC (its connection table starts empty). It is realized as soon as the
     /// installed snapshot contains `key`.
     pub fn bind_vnic(&self, id: PortId, name: &str, key: EndpointKey) -> Result<(), CtConfigError> {
-        let sf = StatefulFirewall::new(self.ct_config.clone())?;
+        let sf = StatefulFirewall::with_hasher(self.ct_config.clone(), self.hasher.clone())?;
         let fw = Arc::new(VnicFw {
             id,
             name: name.to_owned(),
@@ -584,7 +625,7 @@ impl Firewall {
             time: seen.now,
             vnic: fw.id,
             direction,
-            tuple: seen.tuple,
+            tuple: seen.tuple(),
             icmp_type,
             icmp_code,
             verdict,
@@ -723,12 +764,14 @@ impl Firewall {
         let seen = Seen {
             now,
             meta: Some(meta),
-            tuple: Some(meta.tuple),
+            pkt: None,
         };
         // Admissions are logged once the whole path let the packet through, so a flow the
         // receiver refuses is not also logged as forwarded at the sender.
         let mut at_sender = None;
         let mut at_receiver = None;
+        // Hashed once for both zones.
+        let hashed = self.hasher.packet(meta);
         if let (Some(_), Some(r)) = (sender, receiver) {
             // The receiver's table is read second: start loading its line now, so that on a
             // table bigger than the caches its miss overlaps with the sender's. (Not worth an
@@ -737,17 +780,17 @@ impl Firewall {
                 r.fw.lock()
                     .sf
                     .conntrack()
-                    .prefetch(r.fw.zone(), &meta.tuple);
+                    .prefetch_packet(r.fw.zone(), &hashed);
             }
         }
         if let Some(s) = sender {
-            match self.cross(st, s, Direction::Egress, meta, seen) {
+            match self.cross(st, s, Direction::Egress, &hashed, seen) {
                 Crossed::Pass(admitted) => at_sender = admitted.map(|a| (s, a)),
                 Crossed::Stop(v) => return v,
             }
         }
         if let Some(r) = receiver {
-            match self.cross(st, r, Direction::Ingress, meta, seen) {
+            match self.cross(st, r, Direction::Ingress, &hashed, seen) {
                 Crossed::Pass(admitted) => at_receiver = admitted.map(|a| (r, a)),
                 Crossed::Stop(v) => return v,
             }
@@ -769,9 +812,10 @@ impl Firewall {
         st: &FwState,
         b: &Bound,
         direction: Direction,
-        meta: &PacketMeta,
+        hashed: &HashedPacket<'_>,
         seen: Seen<'_>,
     ) -> Crossed {
+        let meta = hashed.meta();
         let mut guard = b.fw.lock();
         // See "Policy changes" in the module doc: a state older than the zone's last
         // re-check could admit a connection that re-check did not see.
@@ -792,7 +836,8 @@ impl Firewall {
             endpoint,
         };
         let z = &mut *guard;
-        let out = z.sf.process(snap, vnic, direction, meta, seen.now);
+        let out =
+            z.sf.process_hashed_packet(snap, vnic, direction, hashed, seen.now);
         match out.ct {
             CtVerdict::Established { mark, .. } | CtVerdict::Related { mark, .. } => {
                 let sf = &z.sf;
@@ -858,7 +903,7 @@ impl PacketFilter for Firewall {
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
         let st = self.state.load();
         let bound = |p: PortRef| match p {
-            PortRef::Vnic(id) => st.vnics.get(&id).map(Some).ok_or(()),
+            PortRef::Vnic(id) => st.bound(id).map(Some).ok_or(()),
             PortRef::Uplink => Ok(None),
         };
         let (Ok(sender), Ok(receiver)) = (bound(ctx.ingress), bound(ctx.egress)) else {
@@ -869,7 +914,7 @@ impl PacketFilter for Firewall {
         let seen = || Seen {
             now: ctx.now,
             meta: None,
-            tuple: pkt.five_tuple(),
+            pkt: Some(pkt),
         };
         let gen = || st.generation();
         // Fail closed before anything else, control traffic included.
@@ -913,7 +958,7 @@ impl PacketFilter for Firewall {
     fn end_batch(&self, ingress: PortRef, now: u64) {
         if let PortRef::Vnic(id) = ingress {
             let st = self.state.load();
-            if let Some(b) = st.vnics.get(&id) {
+            if let Some(b) = st.bound(id) {
                 let mut z = b.fw.lock();
                 z.sf.conntrack_mut().expire(now, EXPIRE_BUDGET_PER_BATCH);
                 b.fw.note_size(&z);
@@ -926,11 +971,11 @@ impl PacketFilter for Firewall {
     fn observe_drop(&self, ingress: PortRef, pkt: &ParsedPacket, reason: DropReason, now: u64) {
         let PortRef::Vnic(id) = ingress else { return };
         let st = self.state.load();
-        if let Some(b) = st.vnics.get(&id) {
+        if let Some(b) = st.bound(id) {
             let seen = Seen {
                 now,
                 meta: None,
-                tuple: pkt.five_tuple(),
+                pkt: Some(pkt),
             };
             self.log(
                 &b.fw,
