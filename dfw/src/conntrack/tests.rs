@@ -928,6 +928,45 @@ fn global_limit_drops_new_connections_existing_keep_flowing() {
 }
 
 #[test]
+fn a_full_table_of_live_entries_is_not_swept_again_for_every_refused_packet() {
+    let mut ct = ConnTrack::new(CtConfig {
+        max_entries: 2,
+        ..cfg()
+    })
+    .unwrap();
+    for i in 0..2 {
+        assert!(ct
+            .process(Z, &PacketMeta::datagram(udp_n(i), 1), 0, allow(1))
+            .passes());
+    }
+    let expiry = (0..2)
+        .filter_map(|i| ct.lookup(Z, &udp_n(i), 0))
+        .map(|(_, info)| info.expires)
+        .max()
+        .unwrap();
+    let new_flow = |ct: &mut ConnTrack, n: u16, now: u64| {
+        ct.process(Z, &PacketMeta::datagram(udp_n(n), 1), now, allow(2))
+    };
+    // Just before the entries expire: the reclaim finds nothing and backs off.
+    let before = expiry - FULL_TABLE_RECLAIM_BACKOFF_NS / 2;
+    assert_eq!(
+        new_flow(&mut ct, 2, before),
+        CtVerdict::Dropped(CtDropReason::TableFull)
+    );
+    // Expired now, but within the back-off: still refused, nothing swept.
+    let expired = ct.stats().expired;
+    assert_eq!(
+        new_flow(&mut ct, 3, expiry + 1),
+        CtVerdict::Dropped(CtDropReason::TableFull)
+    );
+    assert_eq!(ct.stats().expired, expired);
+    // After it, the next new connection reclaims the expired entries and is admitted.
+    let after = before + FULL_TABLE_RECLAIM_BACKOFF_NS;
+    assert!(matches!(new_flow(&mut ct, 4, after), CtVerdict::New { .. }));
+    assert_eq!(ct.stats().expired, expired + 2);
+}
+
+#[test]
 fn zone_limit_drops_only_that_zone() {
     let mut ct = ConnTrack::new(CtConfig {
         max_entries_per_zone: 2,
