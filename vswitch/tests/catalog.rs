@@ -28,7 +28,7 @@ fn catalog_keeps_the_previous_generation_of_names_only() {
         default_deny: false,
         audit: false,
         conntrack_max_per_vnic: DEFAULT_CONNTRACK_MAX,
-        huge_pages: true,
+        huge_pages: false,
         poll_threads: 0,
         poll_cpus: vec![],
         poll_us: 0,
