@@ -354,10 +354,10 @@ impl Daemon {
         let ct = CtConfig {
             max_entries: max,
             max_entries_per_zone: max,
-            // Pre-sized up to 64k: growing a big table rehashes it in one go, a pause of
-            // hundreds of ms at 1M entries (dfw's conntrack growth bench); entry storage
-            // only takes memory as it fills, the index ~32-64 B per slot up front.
-            initial_capacity: max.min(1 << 16),
+            // By default pre-sized up to 64k: growing a big table rehashes it in one go, a
+            // pause of hundreds of ms at 1M entries (dfw's conntrack growth bench); entry
+            // storage only takes memory as it fills, the index ~32-64 B per slot up front.
+            initial_capacity: cfg.conntrack_initial(),
             ..CtConfig::default()
         };
         let firewall = Arc::new(Firewall::new(ct, Some(flowlog.sink()))?);

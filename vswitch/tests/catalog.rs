@@ -29,6 +29,7 @@ fn catalog_keeps_the_previous_generation_of_names_only() {
         audit: false,
         conntrack_max_per_vnic: DEFAULT_CONNTRACK_MAX,
         huge_pages: false,
+        conntrack_initial_per_vnic: None,
         poll_threads: 0,
         poll_cpus: vec![],
         poll_us: 0,

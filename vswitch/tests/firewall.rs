@@ -103,6 +103,7 @@ impl Setup {
             audit: false,
             conntrack_max_per_vnic: DEFAULT_CONNTRACK_MAX,
             huge_pages: false,
+            conntrack_initial_per_vnic: None,
             poll_threads: 0,
             poll_cpus: vec![],
             poll_us: 0,
