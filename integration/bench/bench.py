@@ -70,7 +70,7 @@ UDP_SRC = 1000
 UDP_DST = 1001
 NS = "bench"
 FLOWGEN_MAX = 2**31 - 1  # testpmd's limit: every packet of a short window is a new 5-tuple
-VDFWD_CONNTRACK_MAX = 1 << 21
+VDFWD_CONNTRACK_MAX = 1 << 22
 
 
 def mac_a(k: int) -> str:
@@ -1009,8 +1009,10 @@ def vdfwd_config(sockets: list[Path], state_dir: Path, policy_dir: Path,
                  extra: Optional[list[str]] = None) -> str:
     """vdfwd TOML (format of configs/vdfwd.toml): one `connect` vNIC per generator socket.
     `extra`: top-level `key = value` lines (--vdfwd-config, e.g. `poll_us = 50`)."""
-    # 2M entries per vNIC (the default is 64k): the flows figure goes to 1M concurrent flows
-    # and OVS's conntrack allows 3M by default. Entries are allocated as the table grows.
+    # 4M entries per vNIC (the default is 64k): the flows figure goes to 1M concurrent flows,
+    # and the newconn case adds an entry per packet for ~6 s (~3M at 0.5 M/s): a full table
+    # would measure refused connections, not new ones. OVS's conntrack allows 3M by default
+    # (it fills ~2.2M in that case). Entries are allocated as the table grows.
     out = [f'state_dir = "{state_dir}"', f'policy_dir = "{policy_dir}"',
            f"conntrack_max_per_vnic = {VDFWD_CONNTRACK_MAX}", *(extra or []), ""]
     for i, s in enumerate(sockets):
