@@ -253,9 +253,11 @@ fn benches(c: &mut Criterion) {
 /// Offset of the IPv4 destination address in an untagged Ethernet frame.
 const IPV4_DST: usize = 14 + 16;
 
-/// The harness's `newconn` case (see the module doc): every frame a new UDP connection that
-/// both vNICs' policies allow.
-fn new_flow_allowed(c: &mut Criterion) {
+/// The engine (endpoints c and d under the `newconn` policy) and conntrack settings of the
+/// new-connection benches. Tables sized as vdfwd sized them for the harness (2M entries);
+/// UDP's first-packet timer is shortened from 60 s to 200 ms so that expiry keeps ~100k
+/// connections live in each zone instead of filling the table.
+fn newconn_setup() -> (Engine, CtConfig) {
     let mut engine = Engine::new(EngineConfig::default());
     engine.upsert_endpoint(endpoint_at("c", IP_C)).unwrap();
     engine.upsert_endpoint(endpoint_at("d", IP_D)).unwrap();
@@ -266,24 +268,28 @@ fn new_flow_allowed(c: &mut Criterion) {
                 .objects,
         )
         .unwrap();
-    // As vdfwd sizes the tables for the harness (`conntrack_max_per_vnic = 2097152`).
     let max = 2_097_152;
-    // Fake time runs at the target rate, 500k new connections/s (2 us per frame), so that
-    // the flow-log rate limiter (records per second) lets through as few records as it would
-    // there. UDP's first-packet timer is shortened from 60 s to 200 ms so that expiry keeps
-    // ~100k connections live in each zone instead of filling the table.
-    const STEP: u64 = 2_000;
-    let timeouts = dfw::conntrack::Timeouts {
-        udp_first: Duration::from_millis(200),
-        ..Default::default()
-    };
     let ct = CtConfig {
         max_entries: max,
         max_entries_per_zone: max,
         initial_capacity: max.min(1 << 16),
-        timeouts,
+        timeouts: dfw::conntrack::Timeouts {
+            udp_first: Duration::from_millis(200),
+            ..Default::default()
+        },
         ..CtConfig::default()
     };
+    (engine, ct)
+}
+
+/// The harness's `newconn` case (see the module doc): every frame a new UDP connection that
+/// both vNICs' policies allow.
+fn new_flow_allowed(c: &mut Criterion) {
+    let (mut engine, ct) = newconn_setup();
+    // Fake time runs at the target rate, 500k new connections/s (2 us per frame), so that
+    // the flow-log rate limiter (records per second) lets through as few records as it would
+    // there.
+    const STEP: u64 = 2_000;
     let log = FlowLog::start(None, 0).unwrap();
     let fw = Arc::new(Firewall::new(ct, Some(log.sink())).unwrap());
     let n = net_of(
@@ -447,27 +453,7 @@ fn established_rules(c: &mut Criterion) {
 /// The firewall alone (see the module doc): vNICs c (port 1) and d (port 2) under the
 /// `newconn` policy.
 fn filter_direct(c: &mut Criterion) {
-    let mut engine = Engine::new(EngineConfig::default());
-    engine.upsert_endpoint(endpoint_at("c", IP_C)).unwrap();
-    engine.upsert_endpoint(endpoint_at("d", IP_D)).unwrap();
-    engine
-        .apply(
-            dfw::crd::parse_documents(NEWCONN_POLICY, "newconn.yaml")
-                .unwrap()
-                .objects,
-        )
-        .unwrap();
-    let max = 2_097_152;
-    let ct = CtConfig {
-        max_entries: max,
-        max_entries_per_zone: max,
-        initial_capacity: max.min(1 << 16),
-        timeouts: dfw::conntrack::Timeouts {
-            udp_first: Duration::from_millis(200),
-            ..Default::default()
-        },
-        ..CtConfig::default()
-    };
+    let (mut engine, ct) = newconn_setup();
     let log = FlowLog::start(None, 0).unwrap();
     let fw = Firewall::new(ct, Some(log.sink())).unwrap();
     let (pc, pd) = (PortId(1), PortId(2));
