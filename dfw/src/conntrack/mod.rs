@@ -90,6 +90,17 @@ impl CtVerdict {
     }
 }
 
+/// Where [`ConnTrack::process_hashed`] gets a packet's key hash from, when it needs one.
+#[derive(Clone, Copy)]
+enum KeyHash<'p, 'm> {
+    /// Already computed, for this table's zone.
+    Known(u64),
+    /// The packet's shared tuple hash ([`HashedPacket`]), computed on first use.
+    Packet(&'p HashedPacket<'m>),
+    /// Computed from the tuple.
+    Compute,
+}
+
 /// Outcome of handling a packet against an existing entry.
 enum Existing {
     Verdict(CtVerdict),
@@ -211,7 +222,7 @@ impl ConnTrack {
     where
         F: FnOnce(&PacketMeta) -> Decision,
     {
-        self.process_hashed(zone, pkt, now, None, decide)
+        self.process_hashed(zone, pkt, now, KeyHash::Compute, decide)
     }
 
     /// [`Self::process`] for a packet hashed by [`FlowHasher::packet`]: if by this table's
@@ -228,8 +239,7 @@ impl ConnTrack {
     where
         F: FnOnce(&PacketMeta) -> Decision,
     {
-        let hash = self.table.hash_packet(zone.0, pkt);
-        self.process_hashed(zone, pkt.meta(), now, Some(hash), decide)
+        self.process_hashed(zone, pkt.meta(), now, KeyHash::Packet(pkt), decide)
     }
 
     /// [`Self::process`] for a burst of packets of one zone (a vNIC queue poll), in order,
@@ -266,19 +276,19 @@ impl ConnTrack {
             // Keep the loads: their only purpose is to bring the lines in.
             std::hint::black_box(sink);
             for (p, h) in chunk.iter().zip(hashes) {
-                out.push(self.process_hashed(zone, p, now, Some(h), &mut decide));
+                out.push(self.process_hashed(zone, p, now, KeyHash::Known(h), &mut decide));
             }
         }
     }
 
-    /// `hash`: the hash of `(zone, pkt.tuple)` if the caller already computed it.
+    /// `key`: where the hash of `(zone, pkt.tuple)` comes from, if it is needed at all.
     #[inline]
     fn process_hashed<F>(
         &mut self,
         zone: Zone,
         pkt: &PacketMeta,
         now: u64,
-        hash: Option<u64>,
+        key: KeyHash<'_, '_>,
         decide: F,
     ) -> CtVerdict
     where
@@ -303,13 +313,20 @@ impl ConnTrack {
             _ => {}
         }
 
-        let hash = hash.unwrap_or_else(|| self.table.hash(zone.0, &pkt.tuple));
-        if let Some((slot, dir)) = self.table.find_hashed(zone.0, &pkt.tuple, hash) {
+        let table = &self.table;
+        let (found, hash) = table.find_hinted(zone.0, &pkt.tuple, || match key {
+            KeyHash::Known(h) => h,
+            KeyHash::Packet(p) => table.hash_packet(zone.0, p),
+            KeyHash::Compute => table.hash(zone.0, &pkt.tuple),
+        });
+        if let Some((slot, dir)) = found {
             match self.existing(slot, dir, kind, pkt, now) {
                 Existing::Verdict(v) => return v,
                 Existing::Gone => {}
             }
         }
+        // Found by the hint but gone (expired, reopened): the insert needs the hash.
+        let hash = hash.unwrap_or_else(|| self.table.hash(zone.0, &pkt.tuple));
         self.new_connection(zone, kind, pkt, now, hash, decide)
     }
 

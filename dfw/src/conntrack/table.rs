@@ -22,6 +22,7 @@
 //! zones is hashed once ([`HashedPacket`]). Sharing the seed between tables gives a guest
 //! nothing it did not have: collisions are as unknowable in every table as in one.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
@@ -85,38 +86,45 @@ impl FlowHasher {
         }
     }
 
-    /// Hashes `meta`'s tuple, for [`super::ConnTrack::process_hashed_packet`] in each zone
-    /// the packet crosses.
+    /// `meta` with its tuple's hash by this hasher, for
+    /// [`super::ConnTrack::process_hashed_packet`] in each zone the packet crosses. The hash
+    /// is computed when a table first needs it, at most once: a packet of the connection a
+    /// table matched last needs none (see [`Table::find_hashed`]).
     #[inline]
-    pub fn packet<'a>(&self, meta: &'a PacketMeta) -> HashedPacket<'a> {
+    pub fn packet<'a>(&'a self, meta: &'a PacketMeta) -> HashedPacket<'a> {
         HashedPacket {
             meta,
-            hash: FlowHash {
-                value: tuple_hash(&self.state, &meta.tuple),
-                hasher: self.id,
-            },
+            hasher: self,
+            hash: std::cell::Cell::new(None),
         }
     }
 }
 
-/// A tuple's hash by one [`FlowHasher`], before the zone is folded in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FlowHash {
-    value: u64,
-    hasher: HasherId,
-}
-
-/// A packet with the hash of its tuple ([`FlowHasher::packet`]). Borrows the packet, so the
-/// hash cannot outlive or disagree with it.
-#[derive(Debug, Clone, Copy)]
+/// A packet with the hash of its tuple by one [`FlowHasher`] ([`FlowHasher::packet`]),
+/// computed on first use. Borrows the packet, so the hash cannot outlive or disagree with it.
+#[derive(Debug, Clone)]
 pub struct HashedPacket<'a> {
     meta: &'a PacketMeta,
-    hash: FlowHash,
+    hasher: &'a FlowHasher,
+    hash: std::cell::Cell<Option<u64>>,
 }
 
 impl<'a> HashedPacket<'a> {
     pub fn meta(&self) -> &'a PacketMeta {
         self.meta
+    }
+
+    /// The tuple's hash, before the zone is folded in.
+    #[inline]
+    fn tuple_hash(&self) -> u64 {
+        match self.hash.get() {
+            Some(h) => h,
+            None => {
+                let h = tuple_hash(&self.hasher.state, &self.meta.tuple);
+                self.hash.set(Some(h));
+                h
+            }
+        }
     }
 }
 
@@ -129,7 +137,12 @@ pub(crate) struct Table {
     len: u32,
     /// Clock hand of the incremental expiry sweep.
     cursor: usize,
+    /// The slot [`Self::find_hinted`] or an insert returned last ([`NO_SLOT`]: none).
+    last: Cell<u32>,
 }
+
+/// [`Table::last`] when no slot is remembered.
+const NO_SLOT: u32 = u32::MAX;
 
 /// Expired entries [`Table::sweep`] collects before removing them.
 const SWEEP_GROUP: usize = 16;
@@ -190,6 +203,7 @@ impl Table {
             zones: HashMap::default(),
             len: 0,
             cursor: 0,
+            last: Cell::new(NO_SLOT),
         }
     }
 
@@ -229,8 +243,8 @@ impl Table {
     /// hasher, else computed.
     #[inline]
     pub(crate) fn hash_packet(&self, zone: u32, p: &HashedPacket<'_>) -> u64 {
-        if p.hash.hasher == self.hasher.id {
-            p.hash.value ^ zone_salt(zone)
+        if p.hasher.id == self.hasher.id {
+            p.tuple_hash() ^ zone_salt(zone)
         } else {
             self.hash(zone, &p.meta.tuple)
         }
@@ -263,6 +277,32 @@ impl Table {
             _ => false,
         })?;
         Some((slot, dir))
+    }
+
+    /// [`Self::find_hashed`], trying first the connection the table matched or created
+    /// last: consecutive packets of one connection (a burst of a bulk transfer, the two
+    /// directions of a request/response) then cost one key compare on a line still in the
+    /// cache, with no hash and no index probe. `hash` is called only if that misses.
+    ///
+    /// No invalidation is needed: keys are unique in a zone, so an entry in that slot that
+    /// matches `t` is the one the index would find, whatever happened to the slot meanwhile.
+    #[inline]
+    pub(crate) fn find_hinted(
+        &self,
+        zone: u32,
+        t: &FiveTuple,
+        hash: impl FnOnce() -> u64,
+    ) -> (Option<(u32, Direction)>, Option<u64>) {
+        let last = self.last.get();
+        if let Some(dir) = self.get(last).and_then(|e| e.direction_of(zone, t)) {
+            return (Some((last, dir)), None);
+        }
+        let hash = hash();
+        let found = self.find_hashed(zone, t, hash);
+        if let Some((slot, _)) = found {
+            self.last.set(slot);
+        }
+        (found, Some(hash))
     }
 
     /// Start loading the index bucket of a key with `hash` (see [`super::ConnTrack::prefetch`]).
@@ -338,6 +378,7 @@ impl Table {
         self.index.insert(hash, slot);
         self.len += 1;
         self.zones.entry(zone).or_default().count += 1;
+        self.last.set(slot);
         slot
     }
 

@@ -1284,3 +1284,55 @@ fn a_packet_hashed_once_is_tracked_in_every_table_sharing_the_hasher() {
         ct.check_consistency().unwrap();
     }
 }
+
+/// The table tries the slot it matched last before hashing (`Table::find_hinted`). A slot
+/// freed and reused by another connection, or the same tuple in another zone, must not be
+/// taken for the remembered connection.
+#[test]
+fn the_last_matched_slot_is_never_taken_for_another_connection() {
+    let mut ct = ct();
+    let a = udp();
+    let b = tuple(IpProtocol::Udp, v4(1), 5354, v4(2), 53);
+    let pa = PacketMeta::datagram(a, 60);
+    let pb = PacketMeta::datagram(b, 60);
+    assert!(matches!(
+        ct.process(Z, &pa, 0, allow(1)),
+        CtVerdict::New { mark: 1, .. }
+    ));
+    // Same tuple, other zone: its own connection, through policy.
+    assert!(matches!(
+        ct.process(Zone(8), &pa, 0, allow(9)),
+        CtVerdict::New { mark: 9, .. }
+    ));
+    assert!(matches!(
+        ct.process(Z, &pa, SEC, no_policy),
+        CtVerdict::Established { mark: 1, .. }
+    ));
+    // `a` expires (UDP first: 60 s); `b` takes its freed slot.
+    assert_eq!(ct.expire(100 * SEC, usize::MAX), 2);
+    assert!(matches!(
+        ct.process(Z, &pb, 100 * SEC, allow(2)),
+        CtVerdict::New { mark: 2, .. }
+    ));
+    // `a` again: a new connection (its old slot holds `b` now), then tracked on its own.
+    assert!(matches!(
+        ct.process(Z, &pa, 101 * SEC, allow(3)),
+        CtVerdict::New { mark: 3, .. }
+    ));
+    for (p, mark) in [(&pb, 2), (&pa, 3), (&pb, 2)] {
+        assert!(matches!(
+            ct.process(Z, p, 102 * SEC, no_policy),
+            CtVerdict::Established { mark: m, .. } if m == mark
+        ));
+    }
+    // The reply direction of the remembered connection is found through the hint too.
+    let ra = PacketMeta::datagram(a.reversed(), 60);
+    assert_eq!(
+        ct.process(Z, &ra, 103 * SEC, no_policy),
+        CtVerdict::Established {
+            dir: Direction::Reply,
+            mark: 3
+        }
+    );
+    assert_eq!(ct.len(), 2);
+}
