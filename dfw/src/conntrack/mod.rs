@@ -146,7 +146,11 @@ impl ConnTrack {
     /// a hasher use one [`HashedPacket`] hash for a packet crossing several of them.
     pub fn with_hasher(cfg: CtConfig, hasher: FlowHasher) -> Result<Self, CtConfigError> {
         cfg.validate()?;
-        let table = Table::new(cfg.initial_capacity.min(cfg.max_entries), hasher);
+        let table = Table::new(
+            cfg.initial_capacity.min(cfg.max_entries),
+            cfg.max_entries,
+            hasher,
+        );
         Ok(Self {
             timeouts_ns: cfg.timeouts.to_nanos(),
             cfg,
