@@ -15,8 +15,9 @@
 //!
 //! Values are opaque `u32`s (the table stores slab slots); keys are not stored: the caller's
 //! `eq` closure compares against the slab. Growing is the caller's to drive
-//! ([`Index::needs_grow`], [`Index::grow`]) because only it knows a cheap order in which to
-//! list every stored value with its hash.
+//! ([`Index::needs_grow`], [`Index::start_grow`], [`Index::migrate`]) because only it knows a
+//! cheap order in which to list every stored value with its hash; it moves the keys a few
+//! at a time, so no single insert pays for the whole rebuild.
 
 /// Values per bucket.
 const WAYS: usize = 8;
@@ -90,16 +91,27 @@ pub(crate) struct Index {
     /// Power-of-two length.
     buckets: Vec<Bucket>,
     mask: usize,
+    /// Keys in `buckets` (not counting `old`'s).
     len: usize,
+    /// While growing ([`Index::start_grow`]): the previous, half-size bucket array, whose
+    /// keys the caller moves over a few at a time ([`Index::migrate`]). Lookups and removals
+    /// look in both meanwhile. Rebuilding in one go stopped the packet that triggered it for
+    /// tens of milliseconds at 1M keys.
+    old: Option<Box<Index>>,
 }
 
 impl Index {
     pub(crate) fn with_capacity(keys: usize) -> Self {
         let n = Self::buckets_for(keys);
+        Self::with_buckets(n)
+    }
+
+    fn with_buckets(n: usize) -> Self {
         Self {
             buckets: vec![EMPTY_BUCKET; n],
             mask: n - 1,
             len: 0,
+            old: None,
         }
     }
 
@@ -108,13 +120,19 @@ impl Index {
         ways.div_ceil(WAYS).max(1).next_power_of_two()
     }
 
+    /// Keys stored, in both arrays while growing.
+    fn total_len(&self) -> usize {
+        self.len + self.old.as_ref().map_or(0, |o| o.len)
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.total_len()
     }
 
     pub(crate) fn allocation_size(&self) -> usize {
         self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + self.old.as_ref().map_or(0, |o| o.allocation_size())
     }
 
     #[inline]
@@ -125,6 +143,15 @@ impl Index {
     /// The value whose key has `hash` and satisfies `eq`.
     #[inline]
     pub(crate) fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        if let Some(v) = self.find_here(hash, &mut eq) {
+            return Some(v);
+        }
+        self.old.as_ref()?.find_here(hash, eq)
+    }
+
+    /// [`Self::find`] in this array only.
+    #[inline]
+    fn find_here(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         let sig = sig_of(hash);
         let mut b = self.home(hash);
         for _ in 0..self.buckets.len() {
@@ -168,14 +195,59 @@ impl Index {
         }
     }
 
-    /// Whether one more value would exceed the load limit: [`Self::grow`] first.
+    /// Whether one more value would exceed the load limit: [`Self::start_grow`] first.
     #[inline]
     pub(crate) fn needs_grow(&self) -> bool {
-        (self.len + 1) * MAX_LOAD_DEN > self.buckets.len() * WAYS * MAX_LOAD_NUM
+        (self.total_len() + 1) * MAX_LOAD_DEN > self.buckets.len() * WAYS * MAX_LOAD_NUM
     }
 
-    /// Add `val` under `hash`. The caller has made room ([`Self::needs_grow`]); should it
-    /// not have, the value is still stored while any way is free.
+    /// Whether keys may still be in the old array of a growth.
+    #[inline]
+    pub(crate) fn is_growing(&self) -> bool {
+        self.old.is_some()
+    }
+
+    /// Doubles the bucket array. The keys stay in the old array until the caller moves
+    /// them ([`Self::migrate`], [`Self::finish_grow`]), in whatever order it lists them
+    /// fastest; new keys go to the new array. A growth still running is finished first.
+    pub(crate) fn start_grow(&mut self, rehash: impl Fn(u32) -> u64) {
+        self.finish_grow(rehash);
+        let n = self.buckets.len() * 2;
+        let old = std::mem::replace(self, Index::with_buckets(n));
+        self.old = Some(Box::new(old));
+    }
+
+    /// Moves `val`, stored under `hash`, from the old array to the new one if it is still
+    /// in the old one. Returns whether it was.
+    pub(crate) fn migrate(&mut self, hash: u64, val: u32) -> bool {
+        let moved = self
+            .old
+            .as_mut()
+            .is_some_and(|old| old.remove_here(hash, val));
+        if moved {
+            self.insert(hash, val);
+        }
+        moved
+    }
+
+    /// Ends a growth: moves whatever the old array still holds (`rehash` gives a stored
+    /// value's hash) and drops it.
+    pub(crate) fn finish_grow(&mut self, rehash: impl Fn(u32) -> u64) {
+        if let Some(old) = self.old.take() {
+            for v in old
+                .buckets
+                .iter()
+                .flat_map(|b| b.val)
+                .filter(|&v| v != EMPTY)
+            {
+                self.insert(rehash(v), v);
+            }
+        }
+    }
+
+    /// Add `val` under `hash` (to the new array while growing). The caller has made room
+    /// ([`Self::needs_grow`]); should it not have, the value is still stored while any way is
+    /// free.
     pub(crate) fn insert(&mut self, hash: u64, val: u32) {
         let sig = sig_of(hash);
         let mut b = self.home(hash);
@@ -195,20 +267,17 @@ impl Index {
         }
     }
 
-    /// Doubles the bucket array and refills it from `all`: every stored value with its hash,
-    /// in whatever order the caller reads them fastest.
-    pub(crate) fn grow(&mut self, all: impl Iterator<Item = (u64, u32)>) {
-        let n = self.buckets.len() * 2;
-        self.buckets = vec![EMPTY_BUCKET; n];
-        self.mask = n - 1;
-        self.len = 0;
-        for (hash, v) in all {
-            self.insert(hash, v);
-        }
-    }
-
     /// Remove `val`, stored under `hash`. Returns whether it was there.
     pub(crate) fn remove(&mut self, hash: u64, val: u32) -> bool {
+        self.remove_here(hash, val)
+            || self
+                .old
+                .as_mut()
+                .is_some_and(|old| old.remove_here(hash, val))
+    }
+
+    /// [`Self::remove`] from this array only.
+    fn remove_here(&mut self, hash: u64, val: u32) -> bool {
         let home = self.home(hash);
         let mut b = home;
         for _ in 0..self.buckets.len() {
@@ -239,15 +308,27 @@ impl Index {
 
     #[cfg(test)]
     pub(crate) fn values(&self) -> impl Iterator<Item = u32> + '_ {
+        let old = self.old.iter().flat_map(|o| o.buckets.iter());
         self.buckets
             .iter()
+            .chain(old)
             .flat_map(|b| b.val.iter().copied())
             .filter(|&v| v != EMPTY)
     }
 
-    /// Overflow counts and length recomputed from the stored values (tests only).
+    /// Overflow counts and length recomputed from the stored values, in both arrays while
+    /// growing (tests only).
     #[cfg(test)]
     pub(crate) fn check(&self, rehash: impl Fn(u32) -> u64) -> Result<(), String> {
+        self.check_dyn(&rehash)
+    }
+
+    #[cfg(test)]
+    fn check_dyn(&self, rehash: &dyn Fn(u32) -> u64) -> Result<(), String> {
+        if let Some(old) = &self.old {
+            old.check_dyn(rehash)
+                .map_err(|e| format!("old array: {e}"))?;
+        }
         let mut expected = vec![0u32; self.buckets.len()];
         let mut n = 0;
         for (b, bucket) in self.buckets.iter().enumerate() {
@@ -327,20 +408,44 @@ mod tests {
         let h = |v: u32| u64::from(v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let mut idx = Index::with_capacity(1);
         let before = idx.buckets.len();
-        for v in 0..10_000 {
+        // Keys move over two per insert, oldest first, as the table moves them in slab order.
+        let mut next = 0;
+        let mut growths = 0;
+        for v in 0..10_000u32 {
             if idx.needs_grow() {
-                let all: Vec<(u64, u32)> = idx.values().map(|v| (h(v), v)).collect();
-                idx.grow(all.into_iter());
+                idx.start_grow(h);
+                next = 0;
+                growths += 1;
             }
             idx.insert(h(v), v);
+            for _ in 0..2 {
+                if next < v {
+                    idx.migrate(h(next), next);
+                    next += 1;
+                }
+            }
+            if v % 7 == 0 {
+                // Removed and put back mid-growth, from whichever array holds it.
+                let k = v / 2;
+                assert!(idx.remove(h(k), k));
+                assert_eq!(idx.find(h(k), |x| x == k), None);
+                idx.insert(h(k), k);
+            }
+            if v % 1000 == 0 {
+                idx.check(h).unwrap();
+            }
         }
-        assert!(idx.buckets.len() > before);
-        assert!(idx.len * MAX_LOAD_DEN <= idx.buckets.len() * WAYS * MAX_LOAD_NUM);
+        assert!(growths >= 5 && idx.buckets.len() > before);
+        assert!(idx.total_len() * MAX_LOAD_DEN <= idx.buckets.len() * WAYS * MAX_LOAD_NUM);
         idx.check(h).unwrap();
         for v in 0..10_000 {
             assert_eq!(idx.find(h(v), |x| x == v), Some(v));
         }
         assert_eq!(idx.values().count(), 10_000);
+        idx.finish_grow(h);
+        assert!(!idx.is_growing());
+        assert_eq!(idx.len, 10_000);
+        idx.check(h).unwrap();
     }
 
     #[test]

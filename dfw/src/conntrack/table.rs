@@ -139,7 +139,19 @@ pub(crate) struct Table {
     cursor: usize,
     /// The slot [`Self::find_hinted`] or an insert returned last ([`NO_SLOT`]: none).
     last: Cell<u32>,
+    /// While the index grows: the next slab slot whose key may still be in the old array,
+    /// and the slab length when the growth started (later slots were indexed in the new one).
+    migrate_next: usize,
+    migrate_end: usize,
 }
+
+/// Slab slots whose keys move to the grown index per insert. The old array holds at most
+/// 3/4 of its ways and the new one is twice as big, so even one per insert would finish long
+/// before the new array fills; but until a growth ends, a lookup that misses probes both
+/// arrays. With 32, filling 1M connections from 1024 took 1.14-1.24x the time of a rebuild
+/// in one go (4: 1.3-1.4x), and the longest insert went from 65 ms to 8 ms (the new array's
+/// allocation).
+const MIGRATE_PER_INSERT: usize = 32;
 
 /// [`Table::last`] when no slot is remembered.
 const NO_SLOT: u32 = u32::MAX;
@@ -212,6 +224,14 @@ fn reserve_slab(capacity: usize, max: usize) -> Vec<Option<Entry>> {
     slots
 }
 
+/// The index hash of the entry in `slot` (0 for an empty slot, which the index never holds).
+fn slot_hash(slots: &[Option<Entry>], hasher: &FlowHasher, slot: u32) -> u64 {
+    match slots.get(slot as usize) {
+        Some(Some(e)) => hash_key(hasher, e.zone, &e.orig),
+        _ => 0,
+    }
+}
+
 impl Table {
     /// A table with index room for `capacity` connections that may grow to `max`.
     pub(crate) fn new(capacity: u32, max: u32, hasher: FlowHasher) -> Self {
@@ -225,6 +245,8 @@ impl Table {
             len: 0,
             cursor: 0,
             last: Cell::new(NO_SLOT),
+            migrate_next: 0,
+            migrate_end: 0,
         }
     }
 
@@ -385,22 +407,42 @@ impl Table {
                 (self.slots.len() - 1) as u32
             }
         };
+        if self.index.is_growing() {
+            self.migrate(MIGRATE_PER_INSERT);
+        }
         if self.index.needs_grow() {
-            // Rebuilt from the slab in slot order: the entries are read sequentially, where
-            // rehashing bucket by bucket would read them in random order, a miss each.
-            let hasher = &self.hasher;
-            let live = self.slots.iter().enumerate().filter_map(|(i, e)| {
-                e.as_ref()
-                    .filter(|_| i as u32 != slot)
-                    .map(|e| (hash_key(hasher, e.zone, &e.orig), i as u32))
-            });
-            self.index.grow(live);
+            // The keys move over a few per insert, in slab order: the entries (which give
+            // their hashes) are read sequentially, where going bucket by bucket would read
+            // them in random order, a miss each.
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            self.index.start_grow(|v| slot_hash(slots, hasher, v));
+            self.migrate_next = 0;
+            self.migrate_end = self.slots.len();
         }
         self.index.insert(hash, slot);
         self.len += 1;
         self.zones.entry(zone).or_default().count += 1;
         self.last.set(slot);
         slot
+    }
+
+    /// Moves the index keys of the next `n` slab slots out of the old array of a growth;
+    /// ends the growth after the last slot that was there when it started.
+    fn migrate(&mut self, n: usize) {
+        let end = (self.migrate_next + n).min(self.migrate_end);
+        for i in self.migrate_next..end {
+            if let Some(Some(e)) = self.slots.get(i) {
+                self.index
+                    .migrate(hash_key(&self.hasher, e.zone, &e.orig), i as u32);
+            }
+        }
+        self.migrate_next = end;
+        if end >= self.migrate_end {
+            // Every key was in a slot below `migrate_end`: this moves nothing, it only
+            // drops the old array.
+            let (slots, hasher) = (&self.slots, &self.hasher);
+            self.index.finish_grow(|v| slot_hash(slots, hasher, v));
+        }
     }
 
     /// Remove the entry in `slot` and its index key. Returns whether there was one.
@@ -636,6 +678,10 @@ mod tests {
                 packets: [1, 0],
                 bytes: [0; 2],
             });
+            if i % 250 == 0 {
+                // Mid-growth too: keys in both index arrays, all found.
+                table.check_consistency().unwrap();
+            }
         }
         table.check_consistency().unwrap();
         // A slab reserved for the whole growth never moved.
