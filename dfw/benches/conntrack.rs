@@ -387,7 +387,7 @@ fn new_connection(c: &mut Criterion) {
 /// Filling a table with `n` new connections from an `initial_capacity` of 1024 (growing:
 /// the index doubles several times, its keys moving over a few per insert) against a
 /// pre-sized table. Time is per insert; the longest single insert of the last fill is
-/// printed (the biggest growth's allocation).
+/// printed (a growth allocating its doubled array or freeing the old one).
 fn growth(c: &mut Criterion) {
     let mut group = c.benchmark_group("growth");
     group.sample_size(10);

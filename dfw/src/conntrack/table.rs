@@ -149,8 +149,8 @@ pub(crate) struct Table {
 /// 3/4 of its ways and the new one is twice as big, so even one per insert would finish long
 /// before the new array fills; but until a growth ends, a lookup that misses probes both
 /// arrays. With 32, filling 1M connections from 1024 took 1.14-1.24x the time of a rebuild
-/// in one go (4: 1.3-1.4x), and the longest insert went from 65 ms to 8 ms (the new array's
-/// allocation).
+/// in one go (4: 1.3-1.4x), and the longest insert went from 65-94 ms to 2-13 ms (allocating
+/// the doubled array, freeing the old one).
 const MIGRATE_PER_INSERT: usize = 32;
 
 /// [`Table::last`] when no slot is remembered.
