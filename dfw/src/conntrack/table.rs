@@ -657,6 +657,66 @@ mod tests {
         }
     }
 
+    /// Random inserts, removals and lookups against a model, from a table of one slot: the
+    /// index grows many times, so most operations meet a growth in progress (keys in both
+    /// arrays, removed from either, slots freed and reused below the migration cursor).
+    #[test]
+    fn growth_in_progress_agrees_with_a_model_under_inserts_and_removals() {
+        let mut table = Table::new(1, 1 << 20, FlowHasher::new(Some(5)));
+        let mut model: HashMap<u32, u32> = HashMap::new(); // key number -> slot
+        let tuple = |k: u32| FiveTuple {
+            src: IpAddr::from(k.to_be_bytes()),
+            dst: IpAddr::from([10, 9, 9, 9]),
+            protocol: IpProtocol::Tcp,
+            src_port: 40000,
+            dst_port: 443,
+        };
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut grew = 0;
+        for step in 0..60_000u32 {
+            let r = rnd();
+            let k = (r >> 32) as u32 % 40_000;
+            if r % 3 == 0 && !model.is_empty() {
+                // Remove (a live key if there is one under this number).
+                if let Some(slot) = model.remove(&k) {
+                    assert!(table.remove(slot), "step {step}: key {k} slot {slot}");
+                }
+            } else if let std::collections::hash_map::Entry::Vacant(e) = model.entry(k) {
+                let was_growing = table.index.is_growing();
+                let slot = table.insert(Entry {
+                    orig: tuple(k),
+                    zone: 1,
+                    proto: ProtoState::Datagram(UdpState::First),
+                    expires: 10,
+                    mark: u64::from(k),
+                    packets: [1, 0],
+                    bytes: [0; 2],
+                });
+                grew += usize::from(!was_growing && table.index.is_growing());
+                e.insert(slot);
+            }
+            let probe = (rnd() >> 40) as u32 % 40_000;
+            let found = table.find(1, &tuple(probe)).map(|(s, _)| s);
+            assert_eq!(
+                found,
+                model.get(&probe).copied(),
+                "step {step}: key {probe}"
+            );
+            if step % 5000 == 0 {
+                table.check_consistency().unwrap();
+            }
+        }
+        assert!(grew >= 8, "only {grew} growths");
+        table.check_consistency().unwrap();
+        assert_eq!(table.len() as usize, model.len());
+    }
+
     fn growth_keeps_every_entry(max: u32) {
         let mut table = Table::new(1, max, FlowHasher::new(Some(3)));
         let slab = table.slots.as_ptr();
