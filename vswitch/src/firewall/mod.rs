@@ -795,8 +795,13 @@ impl Firewall {
                 Crossed::Stop(v) => return v,
             }
         }
-        for (b, (d, gen)) in [at_sender, at_receiver].into_iter().flatten() {
-            self.admitted(&b.fw, &d, seen, gen);
+        // Two `if let`s: a packet of a tracked connection has neither, and an array of the
+        // two options cost a copy of both on every packet.
+        if let Some((b, (d, gen))) = &at_sender {
+            self.admitted(&b.fw, d, seen, *gen);
+        }
+        if let Some((b, (d, gen))) = &at_receiver {
+            self.admitted(&b.fw, d, seen, *gen);
         }
         FilterVerdict::Forward
     }
@@ -935,7 +940,7 @@ impl PacketFilter for Firewall {
                 side.fw.counters.control.fetch_add(1, Ordering::Relaxed);
                 FilterVerdict::Forward
             }
-            Class::Ip { meta } => self.ip_packet(&st, ctx.now, sender, receiver, &meta),
+            Class::Ip { ref meta } => self.ip_packet(&st, ctx.now, sender, receiver, meta),
             Class::Fragment => self.dropped(
                 &side.fw,
                 direction,
