@@ -657,6 +657,19 @@ mod tests {
         }
     }
 
+    /// A fresh connection in zone 1, expiring at 10, marked `mark`.
+    fn zone1_entry(orig: FiveTuple, mark: u32) -> Entry {
+        Entry {
+            orig,
+            zone: 1,
+            proto: ProtoState::Datagram(UdpState::First),
+            expires: 10,
+            mark: u64::from(mark),
+            packets: [1, 0],
+            bytes: [0; 2],
+        }
+    }
+
     /// Random inserts, removals and lookups against a model, from a table of one slot: the
     /// index grows many times, so most operations meet a growth in progress (keys in both
     /// arrays, removed from either, slots freed and reused below the migration cursor).
@@ -689,15 +702,7 @@ mod tests {
                 }
             } else if let std::collections::hash_map::Entry::Vacant(e) = model.entry(k) {
                 let was_growing = table.index.is_growing();
-                let slot = table.insert(Entry {
-                    orig: tuple(k),
-                    zone: 1,
-                    proto: ProtoState::Datagram(UdpState::First),
-                    expires: 10,
-                    mark: u64::from(k),
-                    packets: [1, 0],
-                    bytes: [0; 2],
-                });
+                let slot = table.insert(zone1_entry(tuple(k), k));
                 grew += usize::from(!was_growing && table.index.is_growing());
                 e.insert(slot);
             }
@@ -728,16 +733,7 @@ mod tests {
             dst_port: 53,
         };
         for i in 0..5000 {
-            let orig = tuple(i);
-            table.insert(Entry {
-                orig,
-                zone: 1,
-                proto: ProtoState::Datagram(UdpState::First),
-                expires: 10,
-                mark: u64::from(i),
-                packets: [1, 0],
-                bytes: [0; 2],
-            });
+            table.insert(zone1_entry(tuple(i), i));
             if i % 250 == 0 {
                 // Mid-growth too: keys in both index arrays, all found.
                 table.check_consistency().unwrap();
