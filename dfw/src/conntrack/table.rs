@@ -89,7 +89,7 @@ impl FlowHasher {
     /// `meta` with its tuple's hash by this hasher, for
     /// [`super::ConnTrack::process_hashed_packet`] in each zone the packet crosses. The hash
     /// is computed when a table first needs it, at most once: a packet of the connection a
-    /// table matched last needs none (see [`Table::find_hashed`]).
+    /// table matched last needs none (see `Table::find_hinted`).
     #[inline]
     pub fn packet<'a>(&'a self, meta: &'a PacketMeta) -> HashedPacket<'a> {
         HashedPacket {
