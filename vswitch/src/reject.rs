@@ -45,7 +45,7 @@ pub enum NoReply {
 
 /// Builds the reply to `pkt` (whose bytes are `frame`) into `out` (cleared first).
 ///
-/// Never inlined: etherparse's packet builders take ~45 KiB of stack, and inlined into the
+/// Never inlined: etherparse's packet builders take ~46 KiB of stack, and inlined into the
 /// pipeline's per-frame function that frame was probed page by page (11 stores to 11 pages)
 /// for every frame, rejected or not.
 #[inline(never)]
