@@ -1086,7 +1086,7 @@ class VdfwdSubject(Subject):
         cfg = self.run_dir / "vdfwd.toml"
         cfg.write_text(config_text)
         argv = ["taskset", "-c", str(SUBJECT_CPU), str(binary), "--config", str(cfg), *self.extra_args]
-        return Proc("vdfwd", argv, self.run_dir / "vdfwd.log", env=dict(os.environ, RUST_LOG="info"))
+        return Proc("vdfwd", argv, self.run_dir / "vdfwd.log", env=dict(os.environ, RUST_LOG=os.environ.get("VDFWD_LOG", "info")))
 
     def start_case(self, case: Case, sockets: list[Path]) -> None:
         assert self.binary is not None

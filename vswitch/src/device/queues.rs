@@ -328,13 +328,14 @@ pub fn write_rx_frame(
             }
             Err(()) => {
                 scratch.descs.truncate(before);
-                // Return the bad chain and any gathered ones empty: rolling back past a
-                // consumed chain is impossible, and leaking them would shrink the ring. A
-                // head beyond the ring cannot be returned at all.
-                cursor.add_used(ring, head, 0);
+                // Return the gathered chains and the bad one empty, in the order they were
+                // taken (IN_ORDER): rolling back past a consumed chain is impossible, and
+                // leaking them would shrink the ring. A head beyond the ring cannot be
+                // returned at all.
                 for &(h, _) in &scratch.chains {
                     cursor.add_used(ring, h, 0);
                 }
+                cursor.add_used(ring, head, 0);
                 return Err(RxError::ChainInvalid);
             }
         }

@@ -231,30 +231,48 @@ impl GuestMap {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intent {
     Read,
-    /// We will write it: ask for the line exclusively (`prefetchw`), so the write does not
-    /// have to take it from the guest's core first. RX buffers and used rings are written by
-    /// us and last touched by the guest.
+    /// We will write it: ask for the line exclusively (`prefetchw`, where the CPU has it;
+    /// a read prefetch otherwise), so the write does not have to take it from the guest's
+    /// core first. RX buffers and used rings are written by us and last touched by the guest.
     Write,
 }
+
+/// Whether the CPU executes `prefetchw` (CPUID 0x8000_0001, ECX bit 8: PRFCHW, AMD's
+/// "3DNowPrefetch"). Checked at run time because `_mm_prefetch::<_MM_HINT_ET0>` needs the
+/// `prfchw` target feature, which the x86_64 baseline lacks: without it LLVM silently drops
+/// the instruction, and every write-intent prefetch compiled to nothing.
+#[cfg(target_arch = "x86_64")]
+static HAS_PREFETCHW: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+    use std::arch::x86_64::__cpuid;
+    __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+});
 
 /// Issues a prefetch for each cache line of `[p, p + len)`.
 #[inline]
 fn prefetch_lines(p: *const u8, len: usize, intent: Intent) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0, _MM_HINT_T0};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let exclusive = intent == Intent::Write && *HAS_PREFETCHW;
         let mut off = 0;
         while off < len {
-            let line = p.wrapping_add(off).cast::<i8>();
-            // SAFETY: `_mm_prefetch` is `unsafe` only as a `target_feature(sse)` intrinsic, and
-            // SSE is part of the x86_64 baseline (a CPU without PREFETCHW runs ET0 as a NOP).
-            // A prefetch neither faults nor writes.
-            unsafe {
-                match intent {
-                    Intent::Read => _mm_prefetch::<_MM_HINT_T0>(line),
-                    Intent::Write => _mm_prefetch::<_MM_HINT_ET0>(line),
-                }
-            };
+            let line = p.wrapping_add(off);
+            if exclusive {
+                // SAFETY: executed only where CPUID reports PREFETCHW. A prefetch never
+                // faults (any address is fine), writes nothing and touches no register or
+                // flag besides reading `line`'s value.
+                unsafe {
+                    std::arch::asm!(
+                        "prefetchw [{0}]",
+                        in(reg) line,
+                        options(nostack, preserves_flags, readonly)
+                    )
+                };
+            } else {
+                // SAFETY: `_mm_prefetch` is `unsafe` only as a `target_feature(sse)` intrinsic,
+                // and SSE is part of the x86_64 baseline. A prefetch neither faults nor writes.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(line.cast::<i8>()) };
+            }
             off += 64;
         }
     }
@@ -841,6 +859,38 @@ mod tests {
         assert!(map.read(u64::MAX - 4, &mut back[..8]).is_err());
         assert!(!map.contains(0x2000, 1));
         assert!(map.contains(0, 0x2000));
+    }
+
+    /// IN_ORDER: a frame spread over several chains, one of them unusable, returns every
+    /// chain it took in the order they were posted.
+    #[test]
+    fn a_bad_merged_rx_chain_is_returned_in_posting_order() {
+        use crate::device::queues::{write_rx_frame, Cursor, RxError, RxScratch};
+        use crate::net_hdr::VirtioNetHdr;
+        let mem = memory();
+        let map = GuestMap::of(mem.clone());
+        let q = queue(false);
+        let ring = SplitRing::new(&map, &q).unwrap();
+        // Heads 4 and 9: a 40-byte buffer, too small for the frame, then a read-only one.
+        write_desc(&mem, DESC, 4, 0x8000, 40, F_WRITE, 0);
+        write_desc(&mem, DESC, 9, 0x9000, 2048, 0, 0);
+        mem.write_obj(4u16, GuestAddress(AVAIL + 4)).unwrap();
+        mem.write_obj(9u16, GuestAddress(AVAIL + 6)).unwrap();
+        mem.write_obj(2u16, GuestAddress(AVAIL + 2)).unwrap();
+        let mut cursor = Cursor::of(&q);
+        let result = write_rx_frame(
+            &ring,
+            &mut cursor,
+            VirtioNetHdr::default(),
+            12,
+            &[7u8; 60],
+            true,
+            &mut RxScratch::default(),
+        );
+        assert_eq!(result, Err(RxError::ChainInvalid));
+        assert_eq!(cursor.next_used, Wrapping(2));
+        let used: [[u32; 2]; 2] = mem.read_obj(GuestAddress(USED + 4)).unwrap();
+        assert_eq!(used, [[4, 0], [9, 0]]);
     }
 
     #[test]
