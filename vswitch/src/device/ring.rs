@@ -889,8 +889,8 @@ mod tests {
         );
         assert_eq!(result, Err(RxError::ChainInvalid));
         assert_eq!(cursor.next_used, Wrapping(2));
-        let used: [[u32; 2]; 2] = mem.read_obj(GuestAddress(USED + 4)).unwrap();
-        assert_eq!(used, [[4, 0], [9, 0]]);
+        let used: [u32; 4] = mem.read_obj(GuestAddress(USED + 4)).unwrap();
+        assert_eq!(used, [4, 0, 9, 0], "(id, len) of used elements 0 and 1");
     }
 
     #[test]
