@@ -469,16 +469,8 @@ fn filter_direct(c: &mut Criterion) {
             .unwrap();
         ParsedPacket::parse(&f).unwrap()
     };
-    let cd = FilterContext {
-        ingress: PortRef::Vnic(pc),
-        egress: PortRef::Vnic(pd),
-        now: 1,
-    };
-    let dc = FilterContext {
-        ingress: PortRef::Vnic(pd),
-        egress: PortRef::Vnic(pc),
-        now: 1,
-    };
+    let cd = FilterContext::new(PortRef::Vnic(pc), PortRef::Vnic(pd), 1);
+    let dc = FilterContext::new(PortRef::Vnic(pd), PortRef::Vnic(pc), 1);
     let mut g = c.benchmark_group("firewall_filter");
 
     // Established: a flow on its own port pair, apart from the new connections below.
@@ -494,6 +486,34 @@ fn filter_direct(c: &mut Criterion) {
                 fw.filter(&cd, std::hint::black_box(&fwd)),
                 fw.filter(&dc, std::hint::black_box(&rev)),
             )
+        })
+    });
+
+    // The same in bursts of 32 frames, as the data path presents them: the firewall's state
+    // is loaded once per burst (`PacketFilter::burst_state`), not once per frame.
+    const PINGPONGS_PER_BURST: u64 = 16;
+    g.throughput(Throughput::Elements(2 * PINGPONGS_PER_BURST));
+    g.bench_function("established_pingpong_burst32", |b| {
+        b.iter(|| {
+            let burst = fw.burst_state();
+            let (cd, dc) = (
+                FilterContext {
+                    burst: &burst,
+                    ..cd
+                },
+                FilterContext {
+                    burst: &burst,
+                    ..dc
+                },
+            );
+            let mut forwarded = 0u32;
+            for _ in 0..PINGPONGS_PER_BURST {
+                forwarded +=
+                    u32::from(fw.filter(&cd, std::hint::black_box(&fwd)) == FilterVerdict::Forward);
+                forwarded +=
+                    u32::from(fw.filter(&dc, std::hint::black_box(&rev)) == FilterVerdict::Forward);
+            }
+            forwarded
         })
     });
 

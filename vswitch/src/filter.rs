@@ -11,17 +11,72 @@
 //! L2 control frames (ARP, neighbour discovery) are presented too; a filter that wants them to
 //! work must forward them.
 
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
 use crate::counters::DropReason;
 use crate::packet::ParsedPacket;
 use crate::port::PortRef;
 
 /// Where a frame is and where it would go. `now` is a monotonic timestamp in nanoseconds, read
 /// once per batch by the data path (dfw takes time as a parameter and never reads a clock).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FilterContext {
+#[derive(Debug, Clone, Copy)]
+pub struct FilterContext<'b> {
     pub ingress: PortRef,
     pub egress: PortRef,
     pub now: u64,
+    /// What the filter loaded for the frame's burst ([`PacketFilter::burst_state`]), or
+    /// [`BurstState::NONE`] outside a burst.
+    pub burst: &'b BurstState,
+}
+
+impl FilterContext<'static> {
+    /// A context outside any burst: the filter loads what it needs for this frame alone.
+    pub fn new(ingress: PortRef, egress: PortRef, now: u64) -> Self {
+        FilterContext {
+            ingress,
+            egress,
+            now,
+            burst: &BurstState::NONE,
+        }
+    }
+}
+
+/// State a filter loads once per burst of frames instead of once per frame: the firewall's
+/// published policy state, whose load from its `ArcSwap` costs two locked instructions (see
+/// `firewall_filter/established_pingpong_burst32` in the firewall bench). Opaque to the
+/// pipeline, which asks for it at a burst's first filtered frame and hands it back with each
+/// of the burst's frames.
+///
+/// A burst is short (one TX burst, at most a few dozen frames), so an update published
+/// meanwhile applies from the next burst on, as it would for frames already in flight.
+#[derive(Clone, Default)]
+pub struct BurstState(Option<Arc<dyn Any + Send + Sync>>);
+
+impl BurstState {
+    /// No state: the filter loads its own per frame.
+    pub const NONE: BurstState = BurstState(None);
+
+    pub fn new(state: Arc<dyn Any + Send + Sync>) -> Self {
+        BurstState(Some(state))
+    }
+
+    /// The state, if it is a `T`.
+    #[inline]
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.as_deref()?.downcast_ref()
+    }
+}
+
+impl fmt::Debug for BurstState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "BurstState(..)"
+        } else {
+            "BurstState::NONE"
+        })
+    }
 }
 
 /// Why the filter dropped a frame; each maps to its own drop counter.
@@ -78,6 +133,12 @@ pub enum FilterVerdict {
 pub trait PacketFilter: Send + Sync {
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict;
 
+    /// What frames of one burst share, loaded once for the burst and handed back to
+    /// [`Self::filter`] in [`FilterContext::burst`] with each of its frames.
+    fn burst_state(&self) -> BurstState {
+        BurstState::NONE
+    }
+
     /// Called once after a port's batch of frames (a TX queue poll, an uplink read burst), with
     /// the batch's timestamp: the place for bounded housekeeping such as connection expiry.
     fn end_batch(&self, _ingress: PortRef, _now: u64) {}
@@ -113,6 +174,9 @@ impl<F: PacketFilter + ?Sized> PacketFilter for Box<F> {
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
         (**self).filter(ctx, pkt)
     }
+    fn burst_state(&self) -> BurstState {
+        (**self).burst_state()
+    }
     fn end_batch(&self, ingress: PortRef, now: u64) {
         (**self).end_batch(ingress, now)
     }
@@ -124,6 +188,9 @@ impl<F: PacketFilter + ?Sized> PacketFilter for Box<F> {
 impl<F: PacketFilter + ?Sized> PacketFilter for std::sync::Arc<F> {
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
         (**self).filter(ctx, pkt)
+    }
+    fn burst_state(&self) -> BurstState {
+        (**self).burst_state()
     }
     fn end_batch(&self, ingress: PortRef, now: u64) {
         (**self).end_batch(ingress, now)

@@ -22,6 +22,7 @@
 //! in flight finish with the snapshot they loaded. Writers are serialised by a mutex so two
 //! concurrent updates cannot lose each other's change.
 
+use std::cell::OnceCell;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -30,7 +31,7 @@ use arc_swap::ArcSwap;
 
 use crate::counters::{DropReason, PortCounters};
 use crate::device::{PollConfig, PollerPool};
-use crate::filter::{FilterContext, FilterVerdict, PacketFilter};
+use crate::filter::{BurstState, FilterContext, FilterVerdict, PacketFilter};
 use crate::net_hdr::{OffloadSet, VirtioNetHdr};
 use crate::offload::FrameMeta;
 use crate::packet::ParsedPacket;
@@ -234,6 +235,7 @@ impl Pipeline {
         Burst {
             table: self.table.load(),
             filter: self.filter.load(),
+            filter_state: OnceCell::new(),
             _pipeline: std::marker::PhantomData,
         }
     }
@@ -245,6 +247,9 @@ impl Pipeline {
 pub struct Burst<'p> {
     table: arc_swap::Guard<Arc<PortTable>>,
     filter: arc_swap::Guard<Arc<FilterSlot>>,
+    /// The filter's [`PacketFilter::burst_state`], loaded at the burst's first filtered frame
+    /// (a burst that filters nothing does not load it).
+    filter_state: OnceCell<BurstState>,
     _pipeline: std::marker::PhantomData<&'p Pipeline>,
 }
 
@@ -417,6 +422,9 @@ impl Burst<'_> {
             ingress,
             egress: egress.port_ref(),
             now,
+            burst: self
+                .filter_state
+                .get_or_init(|| self.filter.0.burst_state()),
         };
         let verdict = self.filter.0.filter(&ctx, pkt);
         match verdict {
@@ -638,6 +646,57 @@ mod tests {
         // The scratch is ready for the next burst.
         p.burst()
             .flush_deferred(&mut s, |_| unreachable!("nothing deferred"));
+        s.finish_batch();
+    }
+
+    /// Counts [`PacketFilter::burst_state`] loads and checks each frame gets its burst's.
+    #[derive(Default)]
+    struct BurstCounting {
+        loads: AtomicU32,
+    }
+    impl PacketFilter for BurstCounting {
+        fn burst_state(&self) -> BurstState {
+            let n = self.loads.fetch_add(1, Ordering::Relaxed) + 1;
+            BurstState::new(Arc::new(n))
+        }
+        fn filter(&self, ctx: &FilterContext, _pkt: &ParsedPacket) -> FilterVerdict {
+            match ctx.burst.get::<u32>() {
+                // The state of the burst being filtered: the latest one loaded.
+                Some(&n) if n == self.loads.load(Ordering::Relaxed) => FilterVerdict::Forward,
+                _ => FilterVerdict::Drop(PolicyDrop::Denied),
+            }
+        }
+    }
+
+    #[test]
+    fn a_burst_loads_the_filters_burst_state_once_and_only_if_it_filters() {
+        let filter = Arc::new(BurstCounting::default());
+        let p = Pipeline::new(filter.clone());
+        let a = vnic(&p, 1);
+        let b = vnic(&p, 2);
+        let mut s = Scratch::batched();
+        let hdr = VirtioNetHdr::default();
+        let frame = tcp(1, mac(2), [10, 0, 0, 2]);
+        let mut spoofed = frame.clone();
+        spoofed[26..30].copy_from_slice(&[10, 0, 0, 3]);
+        for burst in 1..=2 {
+            let view = p.burst();
+            for slot in 0..4 {
+                assert_eq!(
+                    view.from_vnic_deferred(&a, &hdr, &frame, slot, 0, &mut s),
+                    Disposition::Forwarded(Egress::Vnic(b.id))
+                );
+            }
+            view.flush_deferred(&mut s, |_| &frame);
+            assert_eq!(filter.loads.load(Ordering::Relaxed), burst);
+        }
+        // A burst whose frames never reach the filter does not load it.
+        let view = p.burst();
+        assert_eq!(
+            view.from_vnic_deferred(&a, &hdr, &spoofed, 0, 0, &mut s),
+            Disposition::Dropped(DropReason::SpoofedSourceIp)
+        );
+        assert_eq!(filter.loads.load(Ordering::Relaxed), 2);
         s.finish_batch();
     }
 

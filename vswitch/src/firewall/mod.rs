@@ -23,15 +23,16 @@
 //! # Policy changes
 //! [`Firewall::install`] swaps the snapshot; [`Firewall::recheck`] then re-decides every
 //! tracked connection under the new policy, in the zone and direction it was admitted in,
-//! cutting the ones no longer allowed and keeping the rest with their state. A packet loads
-//! the published state once, and each zone records (under its lock) the epoch of the state
-//! it was last re-checked under; a crossing that finds its state older than that loads the
-//! state again *while holding the zone's lock*. So a connection admitted under the old policy
+//! cutting the ones no longer allowed and keeping the rest with their state. A burst of
+//! frames loads the published state once, and each zone records (under its lock) the epoch
+//! of the state it was last re-checked under; a crossing that finds its state older than that
+//! loads the state again *while holding the zone's lock*. So a connection admitted under the old policy
 //! is either already in the table when the recheck scans it, or is decided with the new
 //! policy: none slips between install and recheck.
 //!
 //! # Cost of a packet of a tracked connection
-//! One load of the published state per packet; per zone crossed, one lock (the zone's: its
+//! One load of the published state per burst of frames (per frame outside a burst, see
+//! [`PacketFilter::burst_state`]); per zone crossed, one lock (the zone's: its
 //! connection table, cut set and rule-hit counts are behind it) and one conntrack lookup.
 //! Nothing else is shared or atomic: the per-rule counters are counted per zone, keyed by the
 //! connection's mark, and added to the shared ones per batch and before reads (see [`hits`]);
@@ -62,7 +63,7 @@ use dfw::stateful::{Mark, StatefulFirewall, Vnic};
 use serde::Serialize;
 
 use crate::counters::DropReason;
-use crate::filter::{FilterContext, FilterVerdict, PacketFilter, PolicyDrop};
+use crate::filter::{BurstState, FilterContext, FilterVerdict, PacketFilter, PolicyDrop};
 use crate::flowlog::{
     FlowDecider, FlowEvent, FlowSink, FlowVerdict, RateLimiter, DROP_RECORDS_PER_SECOND,
     NEW_RECORDS_PER_SECOND,
@@ -225,9 +226,17 @@ type FastMap<K, V> = foldhash::HashMap<K, V>;
 /// vNICs than this falls back to the map for the newer ones).
 const DENSE_IDS: u32 = 4096;
 
-/// What the packet threads read.
+/// What the packet threads read: loaded once per burst ([`PacketFilter::burst_state`]), or
+/// once per frame outside one.
+///
+/// Aligned to a cache line so that the `Arc`'s reference counts, which each burst's load
+/// and release write, do not share a line with the fields every frame reads.
 #[derive(Default)]
+#[repr(align(64))]
 struct FwState {
+    /// [`Firewall::instance`] of the firewall that published it: a burst state from another
+    /// firewall is not used.
+    instance: u64,
     snapshot: Option<Arc<PolicySnapshot>>,
     vnics: FastMap<PortId, Bound>,
     /// `vnics` again, indexed by port id for ids below [`DENSE_IDS`] (up to the largest bound
@@ -242,6 +251,9 @@ struct FwState {
 
 /// Source of [`FwState::epoch`].
 static FW_STATE_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// Source of [`Firewall::instance`].
+static FIREWALL_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 impl FwState {
     /// The vNIC bound as `id`, on the packet path.
@@ -350,6 +362,8 @@ impl Seen<'_> {
 /// The stateful firewall (see the module doc).
 pub struct Firewall {
     state: ArcSwap<FwState>,
+    /// Distinct per firewall in the process (see [`FwState::instance`]).
+    instance: u64,
     registry: Mutex<Registry>,
     ct_config: CtConfig,
     /// Every vNIC's table hashes with a clone of it, so a packet crossing two zones is
@@ -365,8 +379,13 @@ impl Firewall {
     /// `ct_config` sizes each vNIC's table; `sink` receives flow events.
     pub fn new(ct_config: CtConfig, sink: Option<FlowSink>) -> Result<Firewall, CtConfigError> {
         ct_config.validate()?;
+        let instance = FIREWALL_INSTANCE.fetch_add(1, Ordering::Relaxed);
         Ok(Firewall {
-            state: ArcSwap::from_pointee(FwState::default()),
+            state: ArcSwap::from_pointee(FwState {
+                instance,
+                ..FwState::default()
+            }),
+            instance,
             registry: Mutex::new(Registry::default()),
             hasher: FlowHasher::new(ct_config.hash_seed),
             ct_config,
@@ -378,6 +397,7 @@ impl Firewall {
     /// Rebuilds and publishes the packet threads' state from the registry.
     fn publish(&self, reg: &mut Registry) {
         let mut st = FwState {
+            instance: self.instance,
             snapshot: reg.snapshot.clone(),
             epoch: FW_STATE_EPOCH.fetch_add(1, Ordering::Relaxed),
             ..FwState::default()
@@ -905,8 +925,19 @@ enum Crossed {
 }
 
 impl PacketFilter for Firewall {
+    fn burst_state(&self) -> BurstState {
+        BurstState::new(self.state.load_full())
+    }
+
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
-        let st = self.state.load();
+        let loaded;
+        let st: &FwState = match ctx.burst.get::<FwState>() {
+            Some(st) if st.instance == self.instance => st,
+            _ => {
+                loaded = self.state.load();
+                &loaded
+            }
+        };
         let bound = |p: PortRef| match p {
             PortRef::Vnic(id) => st.bound(id).map(Some).ok_or(()),
             PortRef::Uplink => Ok(None),
@@ -940,7 +971,7 @@ impl PacketFilter for Firewall {
                 side.fw.counters.control.fetch_add(1, Ordering::Relaxed);
                 FilterVerdict::Forward
             }
-            Class::Ip { ref meta } => self.ip_packet(&st, ctx.now, sender, receiver, meta),
+            Class::Ip { ref meta } => self.ip_packet(st, ctx.now, sender, receiver, meta),
             Class::Fragment => self.dropped(
                 &side.fw,
                 direction,

@@ -657,3 +657,43 @@ fn a_crossing_with_a_state_older_than_the_zones_recheck_decides_under_the_new_on
     );
     assert!(n.fw.connections(n.db.id).is_empty());
 }
+
+/// A frame of a burst is decided with the state loaded for the burst, and the re-check rule
+/// above still holds for it: a policy applied after the burst loaded its state is not
+/// escaped by the burst's remaining frames.
+#[test]
+fn a_burst_state_older_than_a_recheck_still_decides_under_the_new_policy() {
+    let mut n = Net::new(true);
+    let burst = n.fw.burst_state();
+    let changed = POLICY.replace("{protocol: TCP, port: 5432}, ", "");
+    n.apply_policy(&changed);
+    let ctx = FilterContext {
+        burst: &burst,
+        ..FilterContext::new(PortRef::Vnic(n.web.id), PortRef::Vnic(n.db.id), n.now)
+    };
+    let frame = |dport| ParsedPacket::parse(&syn(1, 2, 40000, dport)).unwrap();
+    assert_eq!(
+        n.fw.filter(&ctx, &frame(5432)),
+        FilterVerdict::Drop(PolicyDrop::Denied)
+    );
+    assert_eq!(n.fw.filter(&ctx, &frame(6432)), FilterVerdict::Forward);
+    assert_eq!(n.fw.connections(n.db.id).len(), 1);
+}
+
+/// The state another firewall loaded is not taken for this one's (it would know none of its
+/// vNICs here, and fail everything closed).
+#[test]
+fn a_burst_state_from_another_firewall_is_not_used() {
+    let n = Net::new(true);
+    let other = Firewall::new(CtConfig::default(), None).unwrap();
+    let foreign = other.burst_state();
+    let ctx = FilterContext {
+        burst: &foreign,
+        ..FilterContext::new(PortRef::Vnic(n.web.id), PortRef::Vnic(n.db.id), n.now)
+    };
+    let frame = syn(1, 2, 40000, 5432);
+    let pkt = ParsedPacket::parse(&frame).unwrap();
+    assert_eq!(n.fw.filter(&ctx, &pkt), FilterVerdict::Forward);
+    assert_eq!(other.unknown_port_drops(), 0);
+    assert_eq!(n.fw.unknown_port_drops(), 0);
+}
