@@ -13,7 +13,6 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
 
 use crate::counters::DropReason;
 use crate::packet::ParsedPacket;
@@ -51,14 +50,17 @@ impl FilterContext<'static> {
 ///
 /// A burst is short (one TX burst, at most a few dozen frames), so an update published
 /// meanwhile applies from the next burst on, as it would for frames already in flight.
-#[derive(Clone, Default)]
-pub struct BurstState(Option<Arc<dyn Any + Send + Sync>>);
+///
+/// It is the burst's own (one thread's, dropped when the burst ends), so a filter may keep
+/// per-burst memory in it behind a `Cell`/`RefCell`, and act on it when it is dropped.
+#[derive(Default)]
+pub struct BurstState(Option<Box<dyn Any>>);
 
 impl BurstState {
     /// No state: the filter loads its own per frame.
     pub const NONE: BurstState = BurstState(None);
 
-    pub fn new(state: Arc<dyn Any + Send + Sync>) -> Self {
+    pub fn new(state: Box<dyn Any>) -> Self {
         BurstState(Some(state))
     }
 

@@ -657,7 +657,7 @@ mod tests {
     impl PacketFilter for BurstCounting {
         fn burst_state(&self) -> BurstState {
             let n = self.loads.fetch_add(1, Ordering::Relaxed) + 1;
-            BurstState::new(Arc::new(n))
+            BurstState::new(Box::new(n))
         }
         fn filter(&self, ctx: &FilterContext, _pkt: &ParsedPacket) -> FilterVerdict {
             match ctx.burst.get::<u32>() {

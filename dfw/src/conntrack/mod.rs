@@ -334,6 +334,37 @@ impl ConnTrack {
         self.new_connection(zone, kind, pkt, now, hash, decide)
     }
 
+    /// Counts `packets` more packets (`bytes` of IP in all) of the tracked datagram (UDP)
+    /// connection that `tuple` (as seen on the wire) belongs to in `zone`, all seen at `now`
+    /// right after [`Self::process`] returned [`CtVerdict::Established`] for a packet of the
+    /// same tuple at the same `now`: the table ends up as if `process` had seen each of them
+    /// (that first packet made every state transition the run would make, and set the timer
+    /// they would set). For callers that let a run of one flow's packets through on the
+    /// first one's verdict. Returns the connection's mark, or `None` (counting nothing) if it
+    /// is no longer tracked or is not a datagram connection.
+    pub fn count_datagram_run(
+        &mut self,
+        zone: Zone,
+        tuple: &FiveTuple,
+        packets: u64,
+        bytes: u64,
+        now: u64,
+    ) -> Option<u64> {
+        let table = &self.table;
+        let (found, _) = table.find_hinted(zone.0, tuple, || table.hash(zone.0, tuple));
+        let (slot, dir) = found?;
+        let entry = self.table.get_mut(slot)?;
+        if entry.is_expired(now) || !matches!(entry.proto, ProtoState::Datagram(_)) {
+            return None;
+        }
+        let i = dir.index();
+        entry.packets[i] = entry.packets[i].wrapping_add(packets);
+        entry.bytes[i] = entry.bytes[i].wrapping_add(bytes);
+        entry.expires = now.saturating_add(self.timeouts_ns[entry.timeout_class() as usize]);
+        self.stats.established += packets;
+        Some(entry.mark)
+    }
+
     /// Packet of a tracked connection.
     #[inline]
     fn existing(

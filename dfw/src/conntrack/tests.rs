@@ -1336,3 +1336,62 @@ fn the_last_matched_slot_is_never_taken_for_another_connection() {
     );
     assert_eq!(ct.len(), 2);
 }
+
+/// A run counted on its first packet's verdict leaves the table as processing every packet
+/// would: counters, state, timer and statistics.
+#[test]
+fn a_counted_datagram_run_equals_processing_each_packet() {
+    // (what came before the run, the run's direction, its length)
+    let cases: [(&[bool], bool, u64); 4] = [
+        (&[true], true, 5),        // after the first packet: original, UDP single
+        (&[true, true], true, 9),  // single, more originals
+        (&[true], false, 7),       // the first reply makes it multiple; more replies
+        (&[true, false], true, 3), // multiple, originals again
+    ];
+    for (k, (before, forward, run)) in cases.into_iter().enumerate() {
+        let (mut each, mut batched) = (ct(), ct());
+        let pkt =
+            |fwd: bool, len| PacketMeta::datagram(if fwd { udp() } else { udp().reversed() }, len);
+        let mut now = SEC;
+        for (i, fwd) in before.iter().enumerate() {
+            for t in [&mut each, &mut batched] {
+                assert!(t.process(Z, &pkt(*fwd, 60), now, allow(4)).passes());
+            }
+            now += (i as u64 + 1) * SEC;
+        }
+        for i in 0..run {
+            let v = each.process(Z, &pkt(forward, 100 + i as u32), now, no_policy);
+            assert!(
+                matches!(v, CtVerdict::Established { mark: 4, .. }),
+                "case {k}"
+            );
+        }
+        let first = batched.process(Z, &pkt(forward, 100), now, no_policy);
+        assert!(matches!(first, CtVerdict::Established { mark: 4, .. }));
+        let rest_bytes = (1..run).map(|i| 100 + i).sum::<u64>();
+        let wire = if forward { udp() } else { udp().reversed() };
+        assert_eq!(
+            batched.count_datagram_run(Z, &wire, run - 1, rest_bytes, now),
+            Some(4)
+        );
+        let info = |t: &ConnTrack| t.lookup(Z, &udp(), now).unwrap().1;
+        assert_eq!(info(&batched), info(&each), "case {k}");
+        assert_eq!(batched.stats(), each.stats(), "case {k}");
+    }
+}
+
+#[test]
+fn a_datagram_run_of_a_connection_not_tracked_counts_nothing() {
+    let mut ct = ct();
+    assert_eq!(ct.count_datagram_run(Z, &udp(), 3, 300, SEC), None);
+    // Expired: nothing counted, the entry not revived.
+    assert!(ct
+        .process(Z, &PacketMeta::datagram(udp(), 60), 0, allow(1))
+        .passes());
+    assert_eq!(ct.count_datagram_run(Z, &udp(), 3, 300, 3600 * SEC), None);
+    // A TCP connection is not a datagram one: its segments need tracking each.
+    Tcp::new(web()).handshake(&mut ct, SEC);
+    let established = ct.stats().established;
+    assert_eq!(ct.count_datagram_run(Z, &web(), 1, 40, SEC), None);
+    assert_eq!(ct.stats().established, established);
+}

@@ -69,6 +69,33 @@ impl RuleHits {
         bytes: u32,
         resolve: impl FnOnce() -> Option<Arc<RuleStats>>,
     ) {
+        let way = self.way(mark, epoch, resolve);
+        way.sessions += u64::from(new);
+        way.packets += 1;
+        way.bytes += u64::from(bytes);
+    }
+
+    /// [`Self::count`] for `packets` packets of established connections, `bytes` in all.
+    pub(super) fn count_many(
+        &mut self,
+        mark: u64,
+        epoch: u64,
+        packets: u64,
+        bytes: u64,
+        resolve: impl FnOnce() -> Option<Arc<RuleStats>>,
+    ) {
+        let way = self.way(mark, epoch, resolve);
+        way.packets += packets;
+        way.bytes += bytes;
+    }
+
+    #[inline]
+    fn way(
+        &mut self,
+        mark: u64,
+        epoch: u64,
+        resolve: impl FnOnce() -> Option<Arc<RuleStats>>,
+    ) -> &mut Way {
         // The low bits of a mark are its slot in the zone's mark table, small distinct
         // numbers: a direct-mapped index. (Only speed depends on this, not correctness.)
         let way = &mut self.ways[mark as usize % WAYS];
@@ -77,9 +104,7 @@ impl RuleHits {
             way.stats = resolve();
             way.key = Some((mark, epoch));
         }
-        way.sessions += u64::from(new);
-        way.packets += 1;
-        way.bytes += u64::from(bytes);
+        way
     }
 
     /// Moves the counts into the shared counters.

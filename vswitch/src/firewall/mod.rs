@@ -38,6 +38,11 @@
 //! connection's mark, and added to the shared ones per batch and before reads (see [`hits`]);
 //! nothing looks at the rule tables, so the cost does not depend on the policy's size.
 //!
+//! Within a burst, the packets of a UDP flow after its first pass on that packet's verdict,
+//! with no lock and no lookup, and are counted when the burst ends ([`run`]): a UDP packet
+//! of an established connection changes nothing but counters and a timer. TCP segments are
+//! each tracked.
+//!
 //! # Time
 //! `now` comes from the pipeline (monotonic ns, read once per batch) and is passed into dfw;
 //! [`PacketFilter::end_batch`] runs a bounded expiry sweep of the vNIC's table.
@@ -46,6 +51,7 @@ pub mod classify;
 pub mod cut;
 pub mod decision;
 mod hits;
+mod run;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,7 +63,7 @@ use dfw::conntrack::{
     ConnInfo, CtConfig, CtConfigError, CtDropReason, CtVerdict, FlowHasher, HashedPacket,
     PacketMeta, Zone,
 };
-use dfw::flow::FiveTuple;
+use dfw::flow::{FiveTuple, IpProtocol};
 use dfw::model::{Direction, EndpointKey, RuleId};
 use dfw::stateful::{Mark, StatefulFirewall, Vnic};
 use serde::Serialize;
@@ -73,6 +79,7 @@ use crate::port::{PortId, PortRef};
 use classify::{classify, Class};
 use decision::SideDecision;
 use hits::RuleHits;
+use run::{Run, RunZone, Runs};
 
 /// Table slots a vNIC's batch sweeps for expired connections.
 pub const EXPIRE_BUDGET_PER_BATCH: usize = 128;
@@ -179,6 +186,11 @@ pub struct VnicFw {
     limits: [RateLimiter; LIMITERS],
     /// The table held more than [`BIG_TABLE`] connections when last grown or swept (a hint).
     big_table: AtomicBool,
+    /// [`FwState::epoch`] of the state the zone was last re-checked under. Written under the
+    /// zone's lock; a crossing that loaded an older state loads it again (see "Policy
+    /// changes" in the module doc), and a burst's [`run`] of packets let through without the
+    /// lock ends when it changes.
+    rechecked: AtomicU64,
 }
 
 /// One vNIC's zone, behind [`VnicFw::zone`].
@@ -188,9 +200,6 @@ struct ZoneState {
     cut: cut::CutSet,
     /// Per-rule hit counts of the zone's packets, not yet added to the shared counters.
     hits: RuleHits,
-    /// [`FwState::epoch`] of the state the zone was last re-checked under. A crossing that
-    /// loaded an older state loads it again (see "Policy changes" in the module doc).
-    rechecked: u64,
 }
 
 impl VnicFw {
@@ -443,11 +452,11 @@ impl Firewall {
                 sf,
                 cut: cut::CutSet::default(),
                 hits: RuleHits::default(),
-                rechecked: 0,
             }),
             counters: VnicFwCounters::default(),
             limits: std::array::from_fn(|_| RateLimiter::default()),
             big_table: AtomicBool::new(false),
+            rechecked: AtomicU64::new(0),
         });
         let mut reg = lock(&self.registry);
         reg.vnics.insert(id, fw);
@@ -500,7 +509,8 @@ impl Firewall {
             let z = &mut *z;
             // The marks are about to change: count what the old ones counted.
             z.hits.reset();
-            z.rechecked = z.rechecked.max(st.epoch);
+            let rechecked = b.fw.rechecked.load(Ordering::Relaxed).max(st.epoch);
+            b.fw.rechecked.store(rechecked, Ordering::Release);
             let before = z.sf.conntrack().len();
             report.checked += before;
             let cut = match (b.handle, st.snapshot.as_deref()) {
@@ -776,11 +786,13 @@ impl Firewall {
     fn ip_packet(
         &self,
         st: &FwState,
-        now: u64,
+        ctx: &FilterContext,
+        runs: Option<&Runs>,
         sender: Option<&Bound>,
         receiver: Option<&Bound>,
         meta: &PacketMeta,
     ) -> FilterVerdict {
+        let now = ctx.now;
         let seen = Seen {
             now,
             meta: Some(meta),
@@ -803,16 +815,33 @@ impl Firewall {
                     .prefetch_packet(r.fw.zone(), &hashed);
             }
         }
+        // The zones that found the packet established, while all did (see [`run`]).
+        let mut run_zones = [None; 2];
+        let mut established = true;
         if let Some(s) = sender {
             match self.cross(st, s, Direction::Egress, &hashed, seen) {
-                Crossed::Pass(admitted) => at_sender = admitted.map(|a| (s, a)),
+                Crossed::Pass(admitted) => {
+                    at_sender = admitted.map(|a| (s, a));
+                    established = false;
+                }
+                Crossed::Established(z) => run_zones[0] = Some(z),
                 Crossed::Stop(v) => return v,
             }
         }
         if let Some(r) = receiver {
             match self.cross(st, r, Direction::Ingress, &hashed, seen) {
-                Crossed::Pass(admitted) => at_receiver = admitted.map(|a| (r, a)),
+                Crossed::Pass(admitted) => {
+                    at_receiver = admitted.map(|a| (r, a));
+                    established = false;
+                }
+                Crossed::Established(z) => run_zones[1] = Some(z),
                 Crossed::Stop(v) => return v,
+            }
+        }
+        if let Some(runs) = runs {
+            if established && meta.tuple.protocol == IpProtocol::Udp {
+                let run = Run::new(ctx.ingress, ctx.egress, meta.tuple, now, run_zones);
+                runs.start(st, run);
             }
         }
         // Two `if let`s: a packet of a tracked connection has neither, and an array of the
@@ -845,7 +874,8 @@ impl Firewall {
         // See "Policy changes" in the module doc: a state older than the zone's last
         // re-check could admit a connection that re-check did not see.
         let fresh;
-        let (st, handle) = if st.epoch >= guard.rechecked {
+        let rechecked = b.fw.rechecked.load(Ordering::Relaxed);
+        let (st, handle) = if st.epoch >= rechecked {
             (st, b.handle)
         } else {
             fresh = self.state.load();
@@ -870,7 +900,13 @@ impl Firewall {
                     let rule = sf.describe(Mark(mark)).and_then(|i| i.rule_id())?;
                     st.rules.get(&rule).cloned()
                 });
-                Crossed::Pass(None)
+                match out.ct {
+                    CtVerdict::Established { .. } => Crossed::Established(RunZone {
+                        port: b.fw.id,
+                        rechecked,
+                    }),
+                    _ => Crossed::Pass(None),
+                }
             }
             CtVerdict::New { mark, .. } | CtVerdict::Untracked { mark } => {
                 b.fw.note_size(z);
@@ -917,27 +953,48 @@ impl Firewall {
     }
 }
 
+/// The firewall's [`BurstState`]: the published state a burst loaded and its [`run`]s, which
+/// are counted when the burst ends.
+struct FwBurst {
+    st: Arc<FwState>,
+    runs: Runs,
+}
+
+impl Drop for FwBurst {
+    fn drop(&mut self) {
+        self.runs.finish(&self.st);
+    }
+}
+
 /// What became of a packet at one vNIC crossing.
 enum Crossed {
     /// Passes; with the decision (and snapshot generation) if it opened a connection.
     Pass(Option<(SideDecision, u64)>),
+    /// Passes as a packet of an established connection (a run may start from it).
+    Established(RunZone),
     Stop(FilterVerdict),
 }
 
 impl PacketFilter for Firewall {
     fn burst_state(&self) -> BurstState {
-        BurstState::new(self.state.load_full())
+        BurstState::new(Box::new(FwBurst {
+            st: self.state.load_full(),
+            runs: Runs::default(),
+        }))
     }
 
     fn filter(&self, ctx: &FilterContext, pkt: &ParsedPacket) -> FilterVerdict {
         let loaded;
-        let st: &FwState = match ctx.burst.get::<FwState>() {
-            Some(st) if st.instance == self.instance => st,
+        let (st, runs): (&FwState, _) = match ctx.burst.get::<FwBurst>() {
+            Some(b) if b.st.instance == self.instance => (&b.st, Some(&b.runs)),
             _ => {
                 loaded = self.state.load();
-                &loaded
+                (&loaded, None)
             }
         };
+        if runs.is_some_and(|r| r.extend(st, ctx.ingress, ctx.egress, ctx.now, pkt)) {
+            return FilterVerdict::Forward;
+        }
         let bound = |p: PortRef| match p {
             PortRef::Vnic(id) => st.bound(id).map(Some).ok_or(()),
             PortRef::Uplink => Ok(None),
@@ -971,7 +1028,7 @@ impl PacketFilter for Firewall {
                 side.fw.counters.control.fetch_add(1, Ordering::Relaxed);
                 FilterVerdict::Forward
             }
-            Class::Ip { ref meta } => self.ip_packet(st, ctx.now, sender, receiver, meta),
+            Class::Ip { ref meta } => self.ip_packet(st, ctx, runs, sender, receiver, meta),
             Class::Fragment => self.dropped(
                 &side.fw,
                 direction,

@@ -652,7 +652,14 @@ fn a_crossing_with_a_state_older_than_the_zones_recheck_decides_under_the_new_on
     let d = snap.decide(db.unwrap().handle.unwrap(), Direction::Ingress, &q);
     assert_eq!(d.unwrap().effective(), FlowAction::Allow);
     assert_eq!(
-        n.fw.ip_packet(&old, n.now, web, db, &meta),
+        n.fw.ip_packet(
+            &old,
+            &FilterContext::new(PortRef::Vnic(n.web.id), PortRef::Vnic(n.db.id), n.now),
+            None,
+            web,
+            db,
+            &meta
+        ),
         FilterVerdict::Drop(PolicyDrop::Denied)
     );
     assert!(n.fw.connections(n.db.id).is_empty());
@@ -696,4 +703,157 @@ fn a_burst_state_from_another_firewall_is_not_used() {
     assert_eq!(n.fw.filter(&ctx, &pkt), FilterVerdict::Forward);
     assert_eq!(other.unknown_port_drops(), 0);
     assert_eq!(n.fw.unknown_port_drops(), 0);
+}
+
+/// A UDP datagram `from` -> `to` (vNIC numbers; 99 = the host behind the uplink), parsed.
+fn udp(from: u8, to: u8, sport: u16, dport: u16, payload: usize) -> ParsedPacket {
+    let addr = |n: u8| {
+        if n == 99 {
+            [192, 0, 2, 9]
+        } else {
+            [10, 0, 0, n]
+        }
+    };
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(mac(from).0, mac(to).0)
+        .ipv4(addr(from), addr(to), 64)
+        .udp(sport, dport)
+        .write(&mut f, &vec![0u8; payload])
+        .unwrap();
+    ParsedPacket::parse(&f).unwrap()
+}
+
+/// The packet counts of `port`'s only connection.
+fn conn_packets(n: &Net, port: PortId) -> [u64; 2] {
+    let conns = n.fw.connections(port);
+    assert_eq!(conns.len(), 1, "{conns:?}");
+    conns[0].packets
+}
+
+/// Packets of a UDP flow after its first in a burst pass on that packet's verdict (a run,
+/// see `run.rs`), and are counted on both zones' connection, their statistics and the rule
+/// when the burst ends.
+#[test]
+fn a_udp_run_in_a_burst_is_counted_everywhere_when_the_burst_ends() {
+    let n = Net::new(true);
+    let (web, db) = (PortRef::Vnic(n.web.id), PortRef::Vnic(n.db.id));
+    // db -> web: both zones crossed, both allow (neither side isolated for it).
+    let first = udp(2, 1, 5000, 6000, 10);
+    assert_eq!(
+        n.fw.filter(&FilterContext::new(db, web, n.now), &first),
+        FilterVerdict::Forward
+    );
+    // The uplink host -> db: db's ingress admits it by its ipBlock rule.
+    let from_host = udp(99, 2, 7000, 53, 20);
+    assert_eq!(
+        n.fw.filter(&FilterContext::new(PortRef::Uplink, db, n.now), &from_host),
+        FilterVerdict::Forward
+    );
+    let rule_packets = |n: &Net| {
+        n.fw.rule_counters()
+            .values()
+            .map(|c| c.packets)
+            .sum::<u64>()
+    };
+    let rules_before = rule_packets(&n);
+    let established_before: Vec<u64> =
+        n.fw.status()
+            .iter()
+            .map(|s| s.conntrack.established)
+            .collect();
+
+    let burst = n.fw.burst_state();
+    let now = n.now + 1000;
+    let at = |i, e| FilterContext {
+        burst: &burst,
+        ..FilterContext::new(i, e, now)
+    };
+    for _ in 0..10 {
+        assert_eq!(n.fw.filter(&at(db, web), &first), FilterVerdict::Forward);
+        assert_eq!(
+            n.fw.filter(&at(PortRef::Uplink, db), &from_host),
+            FilterVerdict::Forward
+        );
+    }
+    // Inside the burst only each flow's first packet crossed its zones.
+    assert_eq!(conn_packets(&n, n.web.id), [2, 0]);
+    drop(burst);
+    assert_eq!(conn_packets(&n, n.web.id), [11, 0]);
+    let db_conns = n.fw.connections(n.db.id);
+    assert_eq!(db_conns.len(), 2);
+    assert!(
+        db_conns.iter().all(|c| c.packets == [11, 0]),
+        "{db_conns:?}"
+    );
+    let bytes = |c: &ConnInfo| c.bytes[0];
+    assert_eq!(bytes(&db_conns[0]) % 11, 0);
+    let established: Vec<u64> =
+        n.fw.status()
+            .iter()
+            .map(|s| s.conntrack.established)
+            .collect();
+    // web saw 10 of db's; db saw 10 of its own and 10 from the host.
+    assert_eq!(
+        established
+            .iter()
+            .zip(&established_before)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<_>>(),
+        [10, 20]
+    );
+    // The ipBlock rule counted the host's ten (db -> web was decided by no rule).
+    assert_eq!(rule_packets(&n) - rules_before, 10);
+}
+
+/// A re-check that cuts a flow ends its run: the burst's next packet of it crosses again and
+/// meets the new policy.
+#[test]
+fn a_recheck_during_a_burst_ends_the_runs_it_cut() {
+    let mut n = Net::new(true);
+    let db = PortRef::Vnic(n.db.id);
+    let pkt = udp(99, 2, 7000, 53, 20);
+    let burst = n.fw.burst_state();
+    let ctx = FilterContext {
+        burst: &burst,
+        ..FilterContext::new(PortRef::Uplink, db, n.now)
+    };
+    for _ in 0..3 {
+        assert_eq!(n.fw.filter(&ctx, &pkt), FilterVerdict::Forward);
+    }
+    // Another thread applies a policy without the ipBlock rule.
+    let report =
+        n.apply_policy(&POLICY.replace("    - from: [{ipBlock: {cidr: 192.0.2.0/24}}]\n", ""));
+    assert_eq!(report.cut, 1);
+    assert_eq!(
+        n.fw.filter(&ctx, &pkt),
+        FilterVerdict::Drop(PolicyDrop::Denied)
+    );
+    drop(burst);
+    assert!(n.fw.connections(n.db.id).is_empty());
+}
+
+/// TCP segments never pass on an earlier one's verdict: each is tracked as it comes.
+#[test]
+fn tcp_segments_in_a_burst_are_each_tracked() {
+    let mut n = Net::new(true);
+    let (web, db) = (n.web.clone(), n.db.clone());
+    assert_eq!(n.send(&web, &syn(1, 2, 40000, 5432)), to(&db));
+    assert_eq!(n.send(&db, &syn_ack(2, 1, 5432, 40000)), to(&web));
+    let burst = n.fw.burst_state();
+    let ctx = FilterContext {
+        burst: &burst,
+        ..FilterContext::new(PortRef::Vnic(web.id), PortRef::Vnic(db.id), n.now)
+    };
+    for k in 0..3u32 {
+        let ack = ParsedPacket::parse(&tcp(1, 2, 40000, 5432, 101 + k, Some(501), false)).unwrap();
+        assert_eq!(n.fw.filter(&ctx, &ack), FilterVerdict::Forward);
+        assert_eq!(conn_packets(&n, db.id), [2 + u64::from(k), 1]);
+    }
+    // A segment outside the window is refused in the middle of the burst.
+    let stray =
+        ParsedPacket::parse(&tcp(1, 2, 40000, 5432, 2_000_000_000, Some(501), false)).unwrap();
+    assert_eq!(
+        n.fw.filter(&ctx, &stray),
+        FilterVerdict::Drop(PolicyDrop::ConntrackInvalid)
+    );
 }
