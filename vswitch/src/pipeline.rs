@@ -209,7 +209,7 @@ impl Pipeline {
         now: u64,
         scratch: &mut Scratch,
     ) -> Disposition {
-        self.burst()
+        self.single_frame()
             .take_vnic_frame(port, hdr, frame, None, now, scratch)
     }
 
@@ -221,7 +221,8 @@ impl Pipeline {
         now: u64,
         scratch: &mut Scratch,
     ) -> Disposition {
-        self.burst().take_uplink_frame(hdr, frame, now, scratch)
+        self.single_frame()
+            .take_uplink_frame(hdr, frame, now, scratch)
     }
 
     /// Ends a batch of frames from `ingress` that all used timestamp `now` (bounded firewall
@@ -237,6 +238,15 @@ impl Pipeline {
             filter: self.filter.load(),
             filter_state: OnceCell::new(),
             _pipeline: std::marker::PhantomData,
+        }
+    }
+
+    /// A [`Burst`] for one frame: the filter loads what it needs for that frame alone
+    /// (a burst state would cost more to set up than it saves).
+    fn single_frame(&self) -> Burst<'_> {
+        Burst {
+            filter_state: OnceCell::from(BurstState::NONE),
+            ..self.burst()
         }
     }
 }
@@ -695,6 +705,13 @@ mod tests {
         assert_eq!(
             view.from_vnic_deferred(&a, &hdr, &spoofed, 0, 0, &mut s),
             Disposition::Dropped(DropReason::SpoofedSourceIp)
+        );
+        assert_eq!(filter.loads.load(Ordering::Relaxed), 2);
+        drop(view);
+        // A lone frame does not load one either: the filter loads its own.
+        assert_eq!(
+            p.from_vnic(&a, &hdr, &frame, 0, &mut s),
+            Disposition::Dropped(DropReason::PolicyDenied)
         );
         assert_eq!(filter.loads.load(Ordering::Relaxed), 2);
         s.finish_batch();
