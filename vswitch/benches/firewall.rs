@@ -229,6 +229,22 @@ fn benches(c: &mut Criterion) {
     g.bench_function("established", |b| {
         b.iter(|| with_fw.p.from_vnic(&with_fw.a, &h, &data, 2, &mut s))
     });
+    // The same TCP segment in bursts of 32 through one `Burst`, as the TX path presents them:
+    // the firewall's state is loaded once per burst; TCP segments are each tracked (no runs).
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("established_tcp_burst32", |b| {
+        b.iter(|| {
+            let burst = with_fw.p.burst();
+            let mut forwarded = 0u32;
+            for slot in 0..32 {
+                let d = burst.from_vnic_deferred(&with_fw.a, &h, &data, slot, 2, &mut s);
+                forwarded +=
+                    u32::from(d == Disposition::Dropped(vswitch::counters::DropReason::PortDown));
+            }
+            forwarded
+        })
+    });
+    g.throughput(Throughput::Elements(1));
     g.bench_function("new_flow_denied", |b| {
         b.iter(|| with_fw.p.from_vnic(&with_fw.a, &h, &denied, 2, &mut s))
     });
