@@ -340,8 +340,10 @@ impl ConnTrack {
     /// same tuple at the same `now`: the table ends up as if `process` had seen each of them
     /// (that first packet made every state transition the run would make, and set the timer
     /// they would set). For callers that let a run of one flow's packets through on the
-    /// first one's verdict. Returns the connection's mark, or `None` (counting nothing) if it
-    /// is no longer tracked or is not a datagram connection.
+    /// first one's verdict. Returns the connection's mark. `None` if the connection is gone
+    /// (cut or expired since): then only the statistics count the packets, which were let
+    /// through as its packets; also `None`, counting nothing, for a connection that is not a
+    /// datagram one.
     pub fn count_datagram_run(
         &mut self,
         zone: Zone,
@@ -352,11 +354,15 @@ impl ConnTrack {
     ) -> Option<u64> {
         let table = &self.table;
         let (found, _) = table.find_hinted(zone.0, tuple, || table.hash(zone.0, tuple));
-        let (slot, dir) = found?;
-        let entry = self.table.get_mut(slot)?;
-        if entry.is_expired(now) || !matches!(entry.proto, ProtoState::Datagram(_)) {
-            return None;
-        }
+        let entry = found.and_then(|(slot, dir)| Some((self.table.get_mut(slot)?, dir)));
+        let (entry, dir) = match entry {
+            Some((e, _)) if !matches!(e.proto, ProtoState::Datagram(_)) => return None,
+            Some((e, dir)) if !e.is_expired(now) => (e, dir),
+            _ => {
+                self.stats.established += packets;
+                return None;
+            }
+        };
         let i = dir.index();
         entry.packets[i] = entry.packets[i].wrapping_add(packets);
         entry.bytes[i] = entry.bytes[i].wrapping_add(bytes);

@@ -1381,14 +1381,18 @@ fn a_counted_datagram_run_equals_processing_each_packet() {
 }
 
 #[test]
-fn a_datagram_run_of_a_connection_not_tracked_counts_nothing() {
+fn a_datagram_run_of_a_connection_not_tracked_counts_only_statistics() {
     let mut ct = ct();
+    // Gone (cut since the run began): only the statistics count the packets let through.
     assert_eq!(ct.count_datagram_run(Z, &udp(), 3, 300, SEC), None);
-    // Expired: nothing counted, the entry not revived.
+    assert_eq!(ct.stats().established, 3);
+    assert!(ct.is_empty());
+    // Expired: not revived.
     assert!(ct
         .process(Z, &PacketMeta::datagram(udp(), 60), 0, allow(1))
         .passes());
     assert_eq!(ct.count_datagram_run(Z, &udp(), 3, 300, 3600 * SEC), None);
+    assert!(ct.lookup(Z, &udp(), 3600 * SEC).is_none());
     // A TCP connection is not a datagram one: its segments need tracking each.
     Tcp::new(web()).handshake(&mut ct, SEC);
     let established = ct.stats().established;

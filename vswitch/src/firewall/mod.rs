@@ -904,6 +904,10 @@ impl Firewall {
                     CtVerdict::Established { .. } => Crossed::Established(RunZone {
                         port: b.fw.id,
                         rechecked,
+                        // Only a UDP packet may start a run (see [`run`]).
+                        rule: (meta.tuple.protocol == IpProtocol::Udp)
+                            .then(|| z.sf.describe(Mark(mark)).and_then(|i| i.rule_id()))
+                            .flatten(),
                     }),
                     _ => Crossed::Pass(None),
                 }

@@ -31,6 +31,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering;
 
 use dfw::flow::{FiveTuple, IpProtocol};
+use dfw::model::RuleId;
 use dfw::stateful::Mark;
 
 use super::FwState;
@@ -40,11 +41,13 @@ use crate::port::{PortId, PortRef};
 /// Flows a burst remembers at once: a burst from one guest seldom interleaves more.
 const RUNS: usize = 4;
 
-/// A zone a run crossed: the vNIC, and its re-check epoch when the run began.
+/// A zone a run crossed: the vNIC, its re-check epoch when the run began, and the rule that
+/// admitted the connection there (for a connection cut before the run is counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct RunZone {
     pub port: PortId,
     pub rechecked: u64,
+    pub rule: Option<RuleId>,
 }
 
 /// See the module doc.
@@ -164,8 +167,9 @@ fn still_current(st: &FwState, zones: &[Option<RunZone>; 2]) -> bool {
 }
 
 /// Counts what a run let through on its connection entries, conntrack statistics and rule
-/// counters, one zone lock at a time. A connection gone meanwhile (cut by a re-check,
-/// expired) is not revived; the packets were let through before it went.
+/// counters, one zone lock at a time. A connection gone meanwhile (cut by a re-check) is not
+/// revived; its statistics and the rule that admitted it still count the packets, which
+/// passed before it went.
 fn flush(st: &FwState, run: Run) {
     if run.packets == 0 {
         return;
@@ -183,6 +187,13 @@ fn flush(st: &FwState, run: Run) {
             run.bytes,
             run.now,
         ) else {
+            // Cut meanwhile: the mark is gone with the connection; count on the rule that
+            // admitted it, as those packets would have been when they passed.
+            drop(guard);
+            if let Some(stats) = z.rule.and_then(|id| st.rules.get(&id)) {
+                stats.packets.fetch_add(run.packets, Ordering::Relaxed);
+                stats.bytes.fetch_add(run.bytes, Ordering::Relaxed);
+            }
             continue;
         };
         // Resolved against the burst's state: after a re-check the zone may name rules the

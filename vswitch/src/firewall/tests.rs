@@ -857,3 +857,148 @@ fn tcp_segments_in_a_burst_are_each_tracked() {
         FilterVerdict::Drop(PolicyDrop::ConntrackInvalid)
     );
 }
+
+mod runs_equivalence {
+    //! Bursts (with their UDP runs) decide and count exactly as frame-by-frame filtering:
+    //! random packet sequences, burst boundaries and policy changes in the middle of bursts,
+    //! against a second firewall fed the same frames one at a time.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The frames the sequences are drawn from: (ingress, egress) as vNIC numbers (99: the
+    /// uplink) and the packet.
+    fn frames(n: &Net) -> Vec<(PortRef, PortRef, ParsedPacket)> {
+        let port = |k: u8| match k {
+            1 => PortRef::Vnic(n.web.id),
+            2 => PortRef::Vnic(n.db.id),
+            _ => PortRef::Uplink,
+        };
+        let tcp_seg = |f: Vec<u8>| ParsedPacket::parse(&f).unwrap();
+        vec![
+            // db -> web, both sides allow; and its reply.
+            (port(2), port(1), udp(2, 1, 5000, 6000, 10)),
+            (port(1), port(2), udp(1, 2, 6000, 5000, 30)),
+            // The host -> db (ipBlock rule), two flows.
+            (port(99), port(2), udp(99, 2, 7000, 53, 20)),
+            (port(99), port(2), udp(99, 2, 7001, 53, 25)),
+            // web -> db UDP: db's ingress denies it.
+            (port(1), port(2), udp(1, 2, 4000, 53, 5)),
+            // A TCP connection web -> db:5432 and a data segment.
+            (port(1), port(2), tcp_seg(syn(1, 2, 40000, 5432))),
+            (port(2), port(1), tcp_seg(syn_ack(2, 1, 5432, 40000))),
+            (
+                port(1),
+                port(2),
+                tcp_seg(tcp(1, 2, 40000, 5432, 101, Some(501), false)),
+            ),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Frame(usize),
+        EndBurst,
+        /// Apply one of [`policies`].
+        Recheck(usize),
+    }
+
+    /// The policies a sequence switches between: the original; without the ipBlock rule (the
+    /// host's flows are cut with the rule that admitted them); with a higher-priority drop of
+    /// the host's DNS (cut, while the rule that admitted them stays and keeps counting).
+    fn policies() -> [String; 3] {
+        [
+            POLICY.to_owned(),
+            POLICY.replace("    - from: [{ipBlock: {cidr: 192.0.2.0/24}}]\n", ""),
+            format!(
+                "{POLICY}---\n{}",
+                r#"
+apiVersion: crd.antrea.io/v1beta1
+kind: ClusterNetworkPolicy
+metadata: {name: no-dns-from-outside}
+spec:
+  priority: 2
+  tier: securityops
+  appliedTo: [{podSelector: {matchLabels: {app: db}}}]
+  ingress:
+    - action: Drop
+      name: drop-dns
+      from: [{ipBlock: {cidr: 192.0.2.0/24}}]
+      ports: [{protocol: UDP, port: 53}]
+"#
+            ),
+        ]
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            12 => (0..8usize).prop_map(Op::Frame),
+            3 => Just(Op::EndBurst),
+            1 => (0..3usize).prop_map(Op::Recheck),
+        ]
+    }
+
+    /// Everything the two firewalls count, comparable.
+    fn counted(n: &Net) -> (Vec<Vec<ConnInfo>>, Vec<String>, String) {
+        let mut conns = Vec::new();
+        for id in [n.web.id, n.db.id] {
+            let mut c = n.fw.connections(id);
+            c.sort_by_key(|i| format!("{:?}", i.tuple));
+            conns.push(c);
+        }
+        let stats =
+            n.fw.status()
+                .iter()
+                .map(|s| {
+                    serde_json::to_string(&(
+                        &s.counters,
+                        &s.conntrack.established,
+                        &s.conntrack.new,
+                        &s.conntrack.denied,
+                        &s.conntrack.drops,
+                    ))
+                    .unwrap()
+                })
+                .collect();
+        let rules = serde_json::to_string(&n.fw.rule_counters()).unwrap();
+        (conns, stats, rules)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100))]
+
+        #[test]
+        fn bursts_decide_and_count_as_single_frames(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut bursty = Net::new(true);
+            let mut single = Net::new(true);
+            let fb = frames(&bursty);
+            let fs = frames(&single);
+            let policies = policies();
+            let mut burst = bursty.fw.burst_state();
+            let mut now = 1_000_000u64;
+            for op in ops {
+                match op {
+                    Op::Frame(k) => {
+                        let (i, e, pkt) = &fb[k];
+                        let ctx = FilterContext { burst: &burst, ..FilterContext::new(*i, *e, now) };
+                        let got = bursty.fw.filter(&ctx, pkt);
+                        let (i, e, pkt) = &fs[k];
+                        let want = single.fw.filter(&FilterContext::new(*i, *e, now), pkt);
+                        prop_assert_eq!(got, want, "frame {}", k);
+                    }
+                    Op::EndBurst => {
+                        burst = bursty.fw.burst_state();
+                        now += 1_000_000;
+                    }
+                    Op::Recheck(p) => {
+                        let yaml = &policies[p];
+                        prop_assert_eq!(bursty.apply_policy(yaml), single.apply_policy(yaml));
+                    }
+                }
+            }
+            drop(burst);
+            prop_assert_eq!(counted(&bursty), counted(&single));
+        }
+    }
+}
