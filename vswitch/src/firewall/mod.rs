@@ -875,7 +875,8 @@ impl Firewall {
         // re-check could admit a connection that re-check did not see.
         let fresh;
         let rechecked = b.fw.rechecked.load(Ordering::Relaxed);
-        let (st, handle) = if st.epoch >= rechecked {
+        let stale = st.epoch < rechecked;
+        let (st, handle) = if !stale {
             (st, b.handle)
         } else {
             fresh = self.state.load();
@@ -901,7 +902,9 @@ impl Firewall {
                     st.rules.get(&rule).cloned()
                 });
                 match out.ct {
-                    CtVerdict::Established { .. } => Crossed::Established(RunZone {
+                    // A run is counted under the burst's state: not from a crossing that
+                    // had to decide under a newer one.
+                    CtVerdict::Established { .. } if !stale => Crossed::Established(RunZone {
                         port: b.fw.id,
                         rechecked,
                         // Only a UDP packet may start a run (see [`run`]).

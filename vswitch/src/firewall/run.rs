@@ -42,7 +42,7 @@ use crate::port::{PortId, PortRef};
 const RUNS: usize = 4;
 
 /// A zone a run crossed: the vNIC, its re-check epoch when the run began, and the rule that
-/// admitted the connection there (for a connection cut before the run is counted).
+/// admitted the connection there (for a connection re-checked before the run is counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct RunZone {
     pub port: PortId,
@@ -180,29 +180,33 @@ fn flush(st: &FwState, run: Run) {
         let mut guard = b.fw.lock();
         let zs = &mut *guard;
         let zone = b.fw.zone();
-        let Some(mark) = zs.sf.conntrack_mut().count_datagram_run(
+        let mark = zs.sf.conntrack_mut().count_datagram_run(
             zone,
             &run.tuple,
             run.packets,
             run.bytes,
             run.now,
-        ) else {
-            // Cut meanwhile: the mark is gone with the connection; count on the rule that
-            // admitted it, as those packets would have been when they passed.
-            drop(guard);
-            if let Some(stats) = z.rule.and_then(|id| st.rules.get(&id)) {
-                stats.packets.fetch_add(run.packets, Ordering::Relaxed);
-                stats.bytes.fetch_add(run.bytes, Ordering::Relaxed);
+        );
+        match mark {
+            // Not re-checked since the run began: the connection's mark is the one its first
+            // packet was counted under, in the zone's rule hits, with the burst's state.
+            Some(mark) if b.fw.rechecked.load(Ordering::Relaxed) == z.rechecked => {
+                let sf = &zs.sf;
+                zs.hits
+                    .count_many(mark, st.epoch, run.packets, run.bytes, || {
+                        let rule = sf.describe(Mark(mark)).and_then(|i| i.rule_id())?;
+                        st.rules.get(&rule).cloned()
+                    });
             }
-            continue;
-        };
-        // Resolved against the burst's state: after a re-check the zone may name rules the
-        // burst's state does not count yet, and those few packets are not counted on them.
-        let sf = &zs.sf;
-        zs.hits
-            .count_many(mark, st.epoch, run.packets, run.bytes, || {
-                let rule = sf.describe(Mark(mark)).and_then(|i| i.rule_id())?;
-                st.rules.get(&rule).cloned()
-            });
+            // Re-checked (re-marked or cut) since: the packets passed before that, so they
+            // count on the rule that admitted the connection then, as they would have.
+            _ => {
+                drop(guard);
+                if let Some(stats) = z.rule.and_then(|id| st.rules.get(&id)) {
+                    stats.packets.fetch_add(run.packets, Ordering::Relaxed);
+                    stats.bytes.fetch_add(run.bytes, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }

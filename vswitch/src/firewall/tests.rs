@@ -179,15 +179,17 @@ impl Net {
     }
 }
 
+/// The IPv4 address of vNIC `n`, or of the host behind the uplink for 99 (192.0.2.9).
+fn addr(n: u8) -> [u8; 4] {
+    if n == 99 {
+        [192, 0, 2, 9]
+    } else {
+        [10, 0, 0, n]
+    }
+}
+
 /// A TCP segment `from` -> `to` (vNIC numbers; 99 = a host behind the uplink, 192.0.2.9).
 fn tcp(from: u8, to: u8, sport: u16, dport: u16, seq: u32, ack: Option<u32>, syn: bool) -> Vec<u8> {
-    let addr = |n: u8| {
-        if n == 99 {
-            [192, 0, 2, 9]
-        } else {
-            [10, 0, 0, n]
-        }
-    };
     let mut f = Vec::new();
     let b = PacketBuilder::ethernet2(mac(from).0, mac(to).0)
         .ipv4(addr(from), addr(to), 64)
@@ -707,13 +709,6 @@ fn a_burst_state_from_another_firewall_is_not_used() {
 
 /// A UDP datagram `from` -> `to` (vNIC numbers; 99 = the host behind the uplink), parsed.
 fn udp(from: u8, to: u8, sport: u16, dport: u16, payload: usize) -> ParsedPacket {
-    let addr = |n: u8| {
-        if n == 99 {
-            [192, 0, 2, 9]
-        } else {
-            [10, 0, 0, n]
-        }
-    };
     let mut f = Vec::new();
     PacketBuilder::ethernet2(mac(from).0, mac(to).0)
         .ipv4(addr(from), addr(to), 64)
