@@ -26,9 +26,9 @@
 //! cutting the ones no longer allowed and keeping the rest with their state. A burst of
 //! frames loads the published state once, and each zone records (under its lock) the epoch
 //! of the state it was last re-checked under; a crossing that finds its state older than that
-//! loads the state again *while holding the zone's lock*. So a connection admitted under the old policy
-//! is either already in the table when the recheck scans it, or is decided with the new
-//! policy: none slips between install and recheck.
+//! loads the state again *while holding the zone's lock*. So a connection admitted under the
+//! old policy is either already in the table when the recheck scans it, or is decided with
+//! the new policy: none slips between install and recheck.
 //!
 //! # Cost of a packet of a tracked connection
 //! One load of the published state per burst of frames (per frame outside a burst, see

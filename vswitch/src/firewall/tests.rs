@@ -964,7 +964,9 @@ spec:
         #![proptest_config(ProptestConfig::with_cases(100))]
 
         #[test]
-        fn bursts_decide_and_count_as_single_frames(ops in proptest::collection::vec(op(), 1..120)) {
+        fn bursts_decide_and_count_as_single_frames(
+            ops in proptest::collection::vec(op(), 1..120)
+        ) {
             let mut bursty = Net::new(true);
             let mut single = Net::new(true);
             let fb = frames(&bursty);
@@ -976,7 +978,10 @@ spec:
                 match op {
                     Op::Frame(k) => {
                         let (i, e, pkt) = &fb[k];
-                        let ctx = FilterContext { burst: &burst, ..FilterContext::new(*i, *e, now) };
+                        let ctx = FilterContext {
+                            burst: &burst,
+                            ..FilterContext::new(*i, *e, now)
+                        };
                         let got = bursty.fw.filter(&ctx, pkt);
                         let (i, e, pkt) = &fs[k];
                         let want = single.fw.filter(&FilterContext::new(*i, *e, now), pkt);
